@@ -1,0 +1,93 @@
+"""The fused-unit base: covers original modules, derives folded weights as a cache.
+
+A unit never owns parameters: the covered modules' parameters and buffers stay the truth (the
+state_dict is unchanged) and the folded weights are rebuilt whenever one of them changes
+(`load_state_dict`, an optimizer step, `.to()`), detected by each tensor's storage pointer and
+version counter. Units install themselves by rebinding `forward` on the live modules (and their
+display names, so `print(model)` shows the swap); `uninstall` restores the class's forward.
+"""
+import threading
+import types
+
+import torch
+import torch.nn as nn
+
+_FOLD_LOCK = threading.RLock()  # folded caches are built once, even when threads race to the first call
+UNIT_ATTR = "_ferfuse_unit"
+
+
+class FusedUnit:
+    """One fused structure in a model. Subclasses set `pattern` and implement `fold`, `forward`,
+    `reference` and `install`."""
+
+    pattern = "fused"
+
+    def __init__(self, covered: dict[str, nn.Module], *, backend: str, dtype: torch.dtype, allow_tf32: bool = False,
+                 executor: str = "aten"):
+        self.covered = covered  # qualified name -> original module (not registered anywhere)
+        self.backend = backend
+        self.executor = executor  # how folded convolutions run: 'aten' or 'onednn' (engine/executors.py)
+        self.dtype = dtype
+        self.allow_tf32 = allow_tf32
+        self.enabled = True
+        self.decomposed = False  # standard aten ops only (ONNX export, FLOP counting)
+        self._cache = None
+        self._installed: list[nn.Module] = []
+
+    # -- folded weights: a cache keyed by the source tensors' identity and version -------------
+    def _sources(self):
+        for module in self.covered.values():
+            yield from module.parameters()
+            yield from module.buffers()
+
+    @torch.compiler.disable
+    def folded(self, device: torch.device) -> dict:
+        key = (device, self.decomposed, tuple((t.data_ptr(), t._version) for t in self._sources()))
+        cache = self._cache
+        if cache is not None and cache[0] == key:
+            return cache[1]
+        with _FOLD_LOCK:
+            if self._cache is None or self._cache[0] != key:
+                with torch.no_grad():
+                    weights = self.fold(device)
+                self._cache = (key, weights)
+            return self._cache[1]
+
+    def fold(self, device: torch.device) -> dict:
+        """Derive the fused weights (on `device`) from the covered modules' current tensors."""
+        raise NotImplementedError
+
+    def conv_executor(self) -> str:
+        return "aten" if self.decomposed else self.executor
+
+    # -- installing: rebinding forward on live modules -------------------------------------------
+    def rebind(self, module: nn.Module, forward=None, display_name: str | None = None):
+        module.__dict__[UNIT_ATTR] = self
+        if forward is not None:
+            module.forward = types.MethodType(forward, module)
+        if display_name is not None:
+            module._get_name = types.MethodType(lambda _self, name=display_name: name, module)
+        self._installed.append(module)
+
+    def uninstall(self):
+        for module in self._installed:
+            for attr in ("forward", "_get_name", UNIT_ATTR):
+                module.__dict__.pop(attr, None)
+        self._installed.clear()
+        self._cache = None
+
+    def active(self, module: nn.Module) -> bool:
+        """The fused path runs in eval mode only; training (and autograd through the input)
+        takes the original modules."""
+        return self.enabled and not module.training
+
+    def names(self) -> list[str]:
+        return list(self.covered)
+
+
+def unit_of(module: nn.Module) -> FusedUnit:
+    return module.__dict__[UNIT_ATTR]
+
+
+def original_forward(module: nn.Module, *args, **kwargs):
+    return type(module).forward(module, *args, **kwargs)

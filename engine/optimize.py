@@ -1,0 +1,199 @@
+"""optimize(): walk, match, swap, verify, report; revert()."""
+import copy
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ..kernels.compat import INTERPRET
+from .executors import onednn_available
+from .fused import FusedUnit
+from .patterns import Skip, all_patterns
+from .report import FusedEntry, Report
+from .verify import TOLERANCES, capture_inputs, errors, first_tensor, top1_agreement
+
+STATE_ATTR = "_ferfuse_state"
+_PRECISIONS = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class EngineState:
+    units: list[FusedUnit]
+    report: Report
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    if backend not in ("auto", "torch", "triton"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and not INTERPRET else "torch"
+    if backend == "triton":
+        if device.type == "cpu" and not INTERPRET:
+            raise ValueError("backend='triton' on a CPU model needs TRITON_INTERPRET=1 set before ferfuse "
+                             "is imported (the Triton interpreter); use backend='torch' on CPU otherwise")
+        if device.type == "cuda" and INTERPRET:
+            raise ValueError("backend='triton' on CUDA tensors cannot run with TRITON_INTERPRET=1 set")
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"backend='triton' runs on CUDA (or CPU under the interpreter), not {device.type}")
+    return backend
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype, bool]:
+    if precision not in _PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
+    if precision != "fp32" and device.type != "cuda":
+        raise ValueError(f"precision {precision!r} is for CUDA models; this model is on {device}")
+    return _PRECISIONS[precision], precision == "tf32"
+
+
+def default_example_inputs(model: nn.Module, device: torch.device, batch: int = 2) -> tuple[torch.Tensor]:
+    """Random inputs of the model's input shape: `model.input_size` (ferfuse's models), else the
+    first conv's channels at 224×224."""
+    size = getattr(model, "input_size", None)
+    if size is None:
+        first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        size = (first.in_channels if first is not None else 3, 224, 224)
+    gen = torch.Generator().manual_seed(0)
+    return (torch.randn((batch, *size), generator=gen).to(device),)
+
+
+def is_optimized(model: nn.Module) -> bool:
+    return STATE_ATTR in model.__dict__
+
+
+def report(model: nn.Module) -> Report:
+    """What optimize() did to `model`."""
+    if not is_optimized(model):
+        raise ValueError(f"{type(model).__name__} has not been optimised by ferfuse")
+    return model.__dict__[STATE_ATTR].report
+
+
+def revert(model: nn.Module) -> nn.Module:
+    """Restore the original forward of every module optimize() touched."""
+    state = model.__dict__.pop(STATE_ATTR, None)
+    if state is not None:
+        for unit in state.units:
+            unit.uninstall()
+    return model
+
+
+def _entry(unit: FusedUnit) -> FusedEntry:
+    return FusedEntry(unit.pattern, unit.names(), unit.backend)
+
+
+def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32", verify: bool = True,
+             example_inputs=None, strict: bool = False) -> nn.Module:
+    """Fuse `model` in place for inference and return it.
+
+    Targets are found by structure (see engine/patterns); parameters stay the truth and folded
+    weights are caches. With `verify` (default) the fused and a float64 reference path run on the
+    same inputs before this returns: a fused unit over tolerance is reverted and reported, or
+    raises with `strict=True`.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"optimize() takes a torch.nn.Module, got {type(model).__name__}")
+    revert(model)
+    device = _device_of(model)
+    backend = resolve_backend(backend, device)
+    dtype, allow_tf32 = resolve_precision(precision, device)
+    rep = Report(type(model).__name__, backend, precision, str(device))
+    executor = "aten"
+    if device.type == "cpu" and backend == "torch":
+        if onednn_available():
+            executor = "onednn"
+        else:
+            rep.notes.append("oneDNN is not available in this torch build: convolutions run as aten ops")
+    rep.executor = executor
+    reference = copy.deepcopy(model).double().eval() if verify else None
+
+    units, claimed = [], set()
+    for pattern in all_patterns():
+        for item in pattern.find(model, claimed, backend=backend, dtype=dtype, allow_tf32=allow_tf32,
+                                 executor=executor):
+            if isinstance(item, Skip):
+                rep.skipped.append(item)
+            else:
+                units.append(item)
+                claimed.update(item.names())
+    for unit in units:
+        unit.install(model)
+    state = EngineState(units, rep)
+    model.__dict__[STATE_ATTR] = state
+    if not units:
+        warnings.warn(f"ferfuse.optimize: nothing in {type(model).__name__} matched a fusable structure; "
+                      f"the model runs unchanged ({len(rep.skipped)} candidates skipped, see report(model))",
+                      stacklevel=2)
+    entries = {id(u): _entry(u) for u in units}
+    if verify and units:
+        _verify(model, reference, state, entries, example_inputs, device, strict)
+    rep.fused = [entries[id(u)] for u in state.units]
+    return model
+
+
+def _run_eval(model, inputs):
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(*inputs)
+    finally:
+        model.train(was_training)
+
+
+def _verify(model, reference, state: EngineState, entries, example_inputs, device, strict):
+    rep = state.report
+    op_tol, logit_tol, top1_min = TOLERANCES[(rep.backend, rep.precision)]
+    if example_inputs is None:
+        example_inputs = default_example_inputs(model, device)
+    elif isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    example_inputs = tuple(example_inputs)
+    ref_inputs = tuple(t.double() if t.is_floating_point() else t for t in example_inputs)
+    rep.example_shape = tuple(example_inputs[0].shape)
+    rep.tolerance = (op_tol, logit_tol)
+
+    # each unit on the input its first covered module saw in the float64 reference run
+    ref_out, seen = capture_inputs(reference, [u.names()[0] for u in state.units], ref_inputs)
+    ref_logits = first_tensor(ref_out)
+    for unit in list(state.units):
+        name = unit.names()[0]
+        if name not in seen:
+            rep.notes.append(f"{unit.pattern} {name}: not reached by the verification inputs")
+            continue
+        x64 = seen[name]
+        with torch.no_grad():
+            expected = unit.reference([reference.get_submodule(n) for n in unit.names()], x64)
+            got = unit.forward(x64.to(example_inputs[0].dtype))
+        entry = entries[id(unit)]
+        entry.abs_error, entry.rel_error = errors(first_tensor(got), first_tensor(expected))
+        if not entry.rel_error <= op_tol:
+            why = f"relative error {entry.rel_error:.2e} over tolerance {op_tol:.0e}"
+            if strict:
+                revert(model)
+                raise RuntimeError(f"ferfuse.optimize(strict=True): {unit.pattern} {', '.join(unit.names())}: {why}")
+            unit.uninstall()
+            state.units.remove(unit)
+            rep.reverted.append((entry, why))
+
+    logits = first_tensor(_run_eval(model, example_inputs))
+    rep.logits_abs_error, rep.logits_rel_error = errors(logits, ref_logits)
+    rep.top1_agreement = top1_agreement(logits, ref_logits)
+    rep.verified = True
+    if not (rep.logits_rel_error <= logit_tol and rep.top1_agreement >= top1_min):
+        why = (f"logits relative error {rep.logits_rel_error:.2e} (tolerance {logit_tol:.0e}), "
+               f"top-1 agreement {rep.top1_agreement:.2%}")
+        if strict:
+            revert(model)
+            raise RuntimeError(f"ferfuse.optimize(strict=True): {why}")
+        for unit in state.units:
+            unit.uninstall()
+            rep.reverted.append((entries[id(unit)], why))
+        state.units.clear()
+        rep.notes.append(f"every fused unit was reverted: {why}; the model runs its original forward")

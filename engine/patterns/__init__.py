@@ -1,0 +1,27 @@
+"""The structures the engine knows, one matcher per file, tried in this order.
+
+A matcher's `find(model, claimed, **unit_options)` returns fused units for what it can take and
+`Skip` entries (with the reason) for candidates it must leave alone. Structures that cover others
+(a model's attention heads) come before the generic trunk folding, which skips what they claimed.
+"""
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Skip:
+    pattern: str
+    module: str
+    reason: str
+
+
+def is_claimed(name: str, claimed: set[str]) -> bool:
+    """Whether `name` or one of its ancestors is already covered by a fused unit."""
+    return any(name == c or name.startswith(c + ".") for c in claimed)
+
+
+def all_patterns():
+    from .conv_bn import ConvBNPattern
+    from .dan_heads import DANHeadsPattern
+    from .resnet_block import ResNetBlockPattern
+
+    return [DANHeadsPattern(), ResNetBlockPattern(), ConvBNPattern()]

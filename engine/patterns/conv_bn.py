@@ -1,0 +1,93 @@
+"""Convolutions followed by a BatchNorm: fold the BN into the conv (§1 of engine.md).
+
+Matched by structure: in any module, a Conv2d registered directly before a BatchNorm2d over its
+output channels (torchvision's ResNet stem, `Sequential(conv, bn)`, Conv_block ...). Inside an
+nn.Sequential, whose order is its forward, a ReLU right after the BN is fused too. The conv then
+runs with the folded weights (and the ReLU), and the BN (and ReLU) pass their input through, in
+eval mode.
+"""
+import torch.nn as nn
+
+from ..algebra import fold_batchnorm
+from ..executors import ConvRunner
+from ..fused import FusedUnit, original_forward, unit_of
+from . import Skip, is_claimed
+
+
+class FoldedConvBN(FusedUnit):
+    pattern = "conv_bn"
+
+    def __init__(self, modules: dict[str, nn.Module], **kw):
+        super().__init__(modules, **kw)
+        self.conv, self.bn, *rest = modules.values()
+        self.relu = rest[0] if rest else None
+
+    def fold(self, device):
+        w, b = fold_batchnorm(self.conv.weight, self.conv.bias, self.bn)
+        return {"conv": ConvRunner.like(self.conv, w.to(device, self.dtype), b.to(device, self.dtype),
+                                          self.conv_executor())}
+
+    def forward(self, x):
+        return self.folded(x.device)["conv"].run(x.to(self.dtype), relu=self.relu is not None)
+
+    def reference(self, modules, x):
+        for m in modules:
+            x = m(x)
+        return x
+
+    def install(self, model):
+        self.rebind(self.conv, _conv_forward, f"{self.conv._get_name()}+BN{'+ReLU' if self.relu else ''}[folded]")
+        self.rebind(self.bn, _pass_through, f"{self.bn._get_name()}[folded into conv]")
+        if self.relu is not None:
+            self.rebind(self.relu, _pass_through, f"{self.relu._get_name()}[fused into conv]")
+
+    def active(self, module=None):
+        return self.enabled and not any(m.training for m in self.covered.values())
+
+
+def _conv_forward(self, x):
+    unit = unit_of(self)
+    return unit.forward(x) if unit.active() else original_forward(self, x)
+
+
+def _pass_through(self, x):
+    return x if unit_of(self).active() else original_forward(self, x)
+
+
+def foldable_reason(conv, bn) -> str | None:
+    if not isinstance(conv, nn.Conv2d) or type(bn) is not nn.BatchNorm2d:
+        return "not a Conv2d followed by a BatchNorm2d"
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return f"padding {conv.padding!r} with mode {conv.padding_mode!r}: only numeric zero padding is folded"
+    if bn.num_features != conv.out_channels:
+        return f"BatchNorm2d has {bn.num_features} features, the conv {conv.out_channels} outputs"
+    if not bn.track_running_stats or bn.running_mean is None:
+        return "BatchNorm2d keeps no running statistics (it normalises by batch statistics)"
+    return None
+
+
+class ConvBNPattern:
+    name = "conv_bn"
+
+    def find(self, model: nn.Module, claimed: set[str], **kw):
+        found = []
+        for parent_name, parent in model.named_modules():
+            if is_claimed(parent_name, claimed) and parent_name:
+                continue
+            prefix = f"{parent_name}." if parent_name else ""
+            children = list(parent.named_children())
+            for i, ((cname, conv), (bname, bn)) in enumerate(zip(children, children[1:])):
+                if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.modules.batchnorm._BatchNorm):
+                    continue
+                modules = {prefix + cname: conv, prefix + bname: bn}
+                if any(is_claimed(n, claimed) for n in modules):
+                    continue
+                reason = foldable_reason(conv, bn)
+                if reason:
+                    found.append(Skip(self.name, " + ".join(modules), reason))
+                    continue
+                if isinstance(parent, nn.Sequential) and i + 2 < len(children) \
+                        and type(children[i + 2][1]) is nn.ReLU:
+                    modules[prefix + children[i + 2][0]] = children[i + 2][1]
+                found.append(FoldedConvBN(modules, **kw))
+        return found

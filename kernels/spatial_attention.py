@@ -1,0 +1,162 @@
+"""Multi-scale spatial attention map of K heads in two GEMMs, the 3×3 output never stored.
+
+For each head k (DAN, ../shared/spec/engine.md §2-4, weights already BN-folded and merged):
+    y0_k  = W1_k · x + b1_k                     1×1 reduce, C → R channels
+    z_k   = ReLU(conv3x3(y0_k; W3_k) + b3_k)    the merged 3×3 (+1×3 +3×1), R → O channels
+    map_k = Σ_o z_k[o]                           channel sum: B×K×H×W
+Kernel 1 computes all K heads' 1×1 convs as one GEMM (pixels × C) @ (C × K·R), channels-last out.
+Kernel 2 is an implicit GEMM per head over (pixels × 9·R) @ (9·R × O) whose epilogue adds the
+bias, applies ReLU and sums over O in registers, writing only the K×H×W maps.
+"""
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from .compat import check_input, dot_precision
+
+
+@triton.jit
+def _reduce_1x1_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    M, N, C, HW, W,
+    sxb, sxc, sxh, sxw, swn, swc,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+):
+    # y[m, n] = Σ_c x[b, c, h, w] · w[n, c] + b[n], with m = (b, h, w) flattened; y is M×N row-major.
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    img = rm // HW
+    pix = rm % HW
+    row = img * sxb + (pix // W) * sxh + (pix % W) * sxw  # any strides: NCHW, channels_last, views
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_K):
+        rk = c0 + tl.arange(0, BLOCK_K)
+        a = tl.load(x_ptr + row[:, None] + rk[None, :] * sxc,
+                    mask=(rm[:, None] < M) & (rk[None, :] < C), other=0.0)
+        b = tl.load(w_ptr + rk[:, None] * swc + rn[None, :] * swn,
+                    mask=(rk[:, None] < C) & (rn[None, :] < N), other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0)[None, :]
+    tl.store(y_ptr + rm[:, None] * N + rn[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+@triton.jit
+def _merged_3x3_map_kernel(
+    y_ptr, w_ptr, b_ptr, map_ptr,
+    M, HW, H, W, R, O, KR,
+    swk, swo, swr, swy, swx,
+    NUM_HEADS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+):
+    # One program: BLOCK_M output pixels of one head, all O output channels in BLOCK_N chunks.
+    pid_m = tl.program_id(0)
+    head = tl.program_id(1)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    img = rm // HW
+    pix = rm % HW
+    h = pix // W
+    w = pix % W
+    total = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for o0 in range(0, O, BLOCK_N):
+        rn = o0 + tl.arange(0, BLOCK_N)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for tap in tl.static_range(9):
+            hh = h + (tap // 3 - 1)
+            ww = w + (tap % 3 - 1)
+            # zero padding: taps that fall outside the image read nothing
+            inside = (rm < M) & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+            src = (img * HW + hh * W + ww) * KR + head * R
+            for r0 in range(0, R, BLOCK_K):
+                rk = r0 + tl.arange(0, BLOCK_K)
+                a = tl.load(y_ptr + src[:, None] + rk[None, :],
+                            mask=inside[:, None] & (rk[None, :] < R), other=0.0)
+                b = tl.load(w_ptr + head * swk + rk[:, None] * swr + rn[None, :] * swo
+                            + (tap // 3) * swy + (tap % 3) * swx,
+                            mask=(rk[:, None] < R) & (rn[None, :] < O), other=0.0)
+                acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        # epilogue: bias, ReLU (NaN kept, as torch.relu keeps it), sum over output channels
+        acc += tl.load(b_ptr + head * O + rn, mask=rn < O, other=0.0)[None, :]
+        acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
+        total += tl.sum(tl.where(rn[None, :] < O, acc, 0.0), axis=1)
+    tl.store(map_ptr + (img * NUM_HEADS + head) * HW + pix, total, mask=rm < M)
+
+
+# Block shapes per activation dtype. fp32 tiles are smaller: 64×64×32 fp32 with 3 stages stays
+# far below the A100/H100 shared-memory limits; fp16/bf16 tiles are large enough for wgmma.
+# Under the interpreter every tile is one numpy op, so the largest tiles run fastest.
+CONFIGS = {
+    "reduce_1x1": {
+        torch.float32: dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3),
+        torch.float16: dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=3),
+        torch.bfloat16: dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=3),
+        "interpret": dict(BLOCK_M=64, BLOCK_N=256, BLOCK_K=128, num_warps=4, num_stages=1),
+    },
+    "merged_3x3_map": {
+        torch.float32: dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3),
+        torch.float16: dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=3),
+        torch.bfloat16: dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=3),
+        "interpret": dict(BLOCK_M=64, BLOCK_N=256, BLOCK_K=128, num_warps=4, num_stages=1),
+    },
+}
+
+
+def _config(kernel: str, x: torch.Tensor) -> dict:
+    return dict(CONFIGS[kernel]["interpret" if x.device.type == "cpu" else x.dtype])
+
+
+def _check(x, w1, b1, w3, b3):
+    check_input("x", x, dim=4)
+    device = x.device
+    check_input("w1", w1, dim=2, device=device, dtypes=(x.dtype,))
+    check_input("b1", b1, dim=1, device=device, dtypes=(torch.float32,))
+    check_input("w3", w3, dim=5, device=device, dtypes=(x.dtype,))
+    check_input("b3", b3, dim=2, device=device, dtypes=(torch.float32,))
+    K, O, R, kh, kw = w3.shape
+    C = x.shape[1]
+    if (kh, kw) != (3, 3):
+        raise ValueError(f"w3: expected K×O×R×3×3 merged kernels, got shape {tuple(w3.shape)}")
+    if tuple(w1.shape) != (K * R, C):
+        raise ValueError(f"w1: expected shape {(K * R, C)} (K·R × C for {K} heads, x with {C} channels), "
+                         f"got {tuple(w1.shape)}")
+    if b1.numel() != K * R or tuple(b3.shape) != (K, O):
+        raise ValueError(f"biases: expected b1 of {K * R} and b3 of shape {(K, O)}, "
+                         f"got {tuple(b1.shape)} and {tuple(b3.shape)}")
+    return K, O, R
+
+
+def spatial_attention_map_triton(x, w1, b1, w3, b3, allow_tf32: bool = False) -> torch.Tensor:
+    """Launch the two kernels. x: B×C×H×W (any strides); w1: K·R×C; b1: K·R (fp32);
+    w3: K×O×R×3×3 (any strides: the engine stores it tap-major for coalesced loads);
+    b3: K×O (fp32). Returns the float32 maps, B×K×H×W."""
+    K, O, R = _check(x, w1, b1, w3, b3)
+    B, C, H, W = x.shape
+    M, HW = B * H * W, H * W
+    precision = dot_precision(x.dtype, allow_tf32)
+    y0 = torch.empty((M, K * R), device=x.device, dtype=x.dtype)
+    cfg = _config("reduce_1x1", x)
+    grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(K * R, cfg["BLOCK_N"]))
+    _reduce_1x1_kernel[grid](
+        x, w1, b1, y0, M, K * R, C, HW, W,
+        *x.stride(), w1.stride(0), w1.stride(1), PRECISION=precision, **cfg)
+    maps = torch.empty((B, K, H, W), device=x.device, dtype=torch.float32)
+    cfg = _config("merged_3x3_map", x)
+    grid = (triton.cdiv(M, cfg["BLOCK_M"]), K)
+    _merged_3x3_map_kernel[grid](
+        y0, w3, b3, maps, M, HW, H, W, R, O, K * R,
+        w3.stride(0), w3.stride(1), w3.stride(2), w3.stride(3), w3.stride(4),
+        NUM_HEADS=K, PRECISION=precision, **cfg)
+    return maps
+
+
+def spatial_attention_map_reference(x, w1, b1, w3, b3) -> torch.Tensor:
+    """The same math in torch ops (the CPU backend and the tests' reference): one 1×1 conv for
+    all heads, one grouped 3×3 conv (groups = heads), ReLU, channel sum. Returns float32 maps."""
+    K, O, R = _check(x, w1, b1, w3, b3)
+    B, C, H, W = x.shape
+    y0 = F.conv2d(x, w1.reshape(K * R, C, 1, 1), b1.to(x.dtype))
+    z = F.conv2d(y0, w3.reshape(K * O, R, 3, 3), b3.view(-1).to(x.dtype), padding=1, groups=K)
+    return torch.relu(z).view(B, K, O, H, W).sum(2, dtype=torch.float32)

@@ -1,0 +1,40 @@
+"""ferfuse: one import namespace over the top-level folders of the repository.
+
+The design card keeps `kernels/`, `engine/` and `models/` at the top level; installed they are
+`ferfuse.kernels`, `ferfuse.engine` and `ferfuse.models`. Nothing installs a bare `engine`,
+`kernels` or `models` package.
+"""
+from setuptools import setup
+
+PACKAGES = {
+    "ferfuse": "ferfuse",
+    "ferfuse.kernels": "kernels",
+    "ferfuse.engine": "engine",
+    "ferfuse.engine.patterns": "engine/patterns",
+    "ferfuse.models": "models",
+    "ferfuse.bench": "bench",
+}
+
+setup(
+    name="ferfuse",
+    version="0.1.0",
+    description="Fused inference for multi-head-attention facial-expression-recognition networks",
+    python_requires=">=3.10",
+    packages=list(PACKAGES),
+    package_dir=PACKAGES,
+    # Lower bounds only: GPU machines run torch 2.11 / triton 3.6, development machines 2.14.1.
+    install_requires=["torch>=2.4", "torchvision>=0.19", "numpy"],
+    extras_require={
+        "dev": [
+            "pytest",
+            "pytest-benchmark",
+            "hypothesis",
+            "fvcore",
+            "onnx",
+            "onnxruntime",
+            "onnxscript",
+            "matplotlib",
+        ],
+    },
+    entry_points={"console_scripts": ["ferfuse=ferfuse.cli:main"]},
+)
