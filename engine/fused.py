@@ -34,6 +34,12 @@ class FusedUnit:
         self._cache = None
         self._installed: list[nn.Module] = []
 
+    def __getstate__(self):
+        # deepcopy/pickle: the folded cache is derived (and may hold opaque oneDNN tensors); rebuild it
+        state = dict(self.__dict__)
+        state["_cache"] = None
+        return state
+
     # -- folded weights: a cache keyed by the source tensors' identity and version -------------
     def _sources(self):
         for module in self.covered.values():

@@ -45,6 +45,23 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+def resolve_executor(executor: str, device: torch.device, backend: str, dtype: torch.dtype, rep: Report) -> str:
+    """How folded convolutions run: oneDNN (prepacked, fused epilogues) for fp32 CPU models on the
+    torch backend when this torch build has it, aten ops otherwise (cuDNN on GPU)."""
+    if executor not in ("auto", "onednn", "aten"):
+        raise ValueError(f"executor must be 'auto', 'onednn' or 'aten', got {executor!r}")
+    fits = device.type == "cpu" and backend == "torch" and dtype == torch.float32
+    if executor == "onednn" and not fits:
+        raise ValueError("executor='onednn' runs fp32 CPU models on the torch backend only")
+    if executor in ("auto", "onednn") and fits:
+        if onednn_available():
+            return "onednn"
+        if executor == "onednn":
+            raise ValueError("executor='onednn': this torch build has no oneDNN convolution ops")
+        rep.notes.append("oneDNN is not available in this torch build: convolutions run as aten ops")
+    return "aten"
+
+
 def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype, bool]:
     if precision not in _PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
@@ -89,7 +106,7 @@ def _entry(unit: FusedUnit) -> FusedEntry:
 
 
 def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32", verify: bool = True,
-             example_inputs=None, strict: bool = False) -> nn.Module:
+             example_inputs=None, strict: bool = False, executor: str = "auto") -> nn.Module:
     """Fuse `model` in place for inference and return it.
 
     Targets are found by structure (see engine/patterns); parameters stay the truth and folded
@@ -104,12 +121,7 @@ def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32"
     backend = resolve_backend(backend, device)
     dtype, allow_tf32 = resolve_precision(precision, device)
     rep = Report(type(model).__name__, backend, precision, str(device))
-    executor = "aten"
-    if device.type == "cpu" and backend == "torch":
-        if onednn_available():
-            executor = "onednn"
-        else:
-            rep.notes.append("oneDNN is not available in this torch build: convolutions run as aten ops")
+    executor = resolve_executor(executor, device, backend, dtype, rep)
     rep.executor = executor
     reference = copy.deepcopy(model).double().eval() if verify else None
 
