@@ -70,14 +70,18 @@ def _head_fusion_kernel(
     tl.store(logits_ptr + b * NCLS + rn, logits.to(logits_ptr.dtype.element_ty), mask=rn < NCLS)
 
 
-def _check(x, maps, w1, b1, w2, b2, wfc, bfc):
-    check_input("x", x, dim=4)
+BLOCK_C_MAX = 1024  # every channel of a sample stays in registers between the pooling and the MLP
+
+
+def _check(x, maps, w1, b1, w2, b2, wfc, bfc, reference=False):
+    # the kernel takes fp32/fp16/bf16 x with fp32 maps and weights; the reference also float64
+    f32 = (torch.float32, torch.float64) if reference else (torch.float32,)
+    check_input("x", x, dim=4, dtypes=(torch.float32, torch.float16, torch.bfloat16) + f32)
     B, C, H, W = x.shape
-    check_input("maps", maps, dim=4, device=x.device, dtypes=(torch.float32,))
+    check_input("maps", maps, dim=4, device=x.device, dtypes=f32)
     K = maps.shape[1]
     if tuple(maps.shape) != (B, K, H, W):
         raise ValueError(f"maps: expected shape {(B, K, H, W)} to match x {tuple(x.shape)}, got {tuple(maps.shape)}")
-    f32 = (torch.float32,)
     for name, t, dim in (("w1", w1, 3), ("b1", b1, 2), ("w2", w2, 3), ("b2", b2, 2), ("wfc", wfc, 2), ("bfc", bfc, 1)):
         check_input(name, t, dim=dim, device=x.device, dtypes=f32)
     J = w1.shape[1]
@@ -90,29 +94,41 @@ def _check(x, maps, w1, b1, w2, b2, wfc, bfc):
     return B, C, H, W, K, J, N
 
 
-def head_fusion_triton(x, maps, w1, b1, w2, b2, wfc, bfc, log_softmax: bool, allow_tf32: bool = False):
+def head_fusion_triton(x, maps, w1, b1, w2, b2, wfc, bfc, log_softmax: bool, allow_tf32: bool = False,
+                       out=None):
     """x: B×C×H×W (any strides), maps: B×K×H×W float32, SE weights w1 K×J×C, b1 K×J, w2 K×C×J,
-    b2 K×C, classifier wfc N×C, bfc N (all float32). Returns (logits B×N, heads B×K×C) in x's dtype."""
+    b2 K×C, classifier wfc N×C, bfc N (all float32). Returns (logits B×N, heads B×K×C) in x's
+    dtype, written into `out` = (logits, heads) if given."""
     B, C, H, W, K, J, N = _check(x, maps, w1, b1, w2, b2, wfc, bfc)
+    if C > BLOCK_C_MAX:
+        raise ValueError(f"head_fusion: at most {BLOCK_C_MAX} channels in one pass, got {C}")
     maps, w1, b1, w2, b2, wfc, bfc = (t.contiguous() for t in (maps, w1, b1, w2, b2, wfc, bfc))
-    logits = torch.empty((B, N), device=x.device, dtype=x.dtype)
-    heads = torch.empty((B, K, C), device=x.device, dtype=x.dtype)
+    if out is None:
+        logits = torch.empty((B, N), device=x.device, dtype=x.dtype)
+        heads = torch.empty((B, K, C), device=x.device, dtype=x.dtype)
+    else:
+        logits, heads = out
+        for name, t, shape in (("logits", logits, (B, N)), ("heads", heads, (B, K, C))):
+            if tuple(t.shape) != shape or t.dtype != x.dtype or not t.is_contiguous() or t.device != x.device:
+                raise ValueError(f"out {name}: expected a contiguous {x.dtype} tensor of shape {shape}, "
+                                 f"got {t.dtype} {tuple(t.shape)}")
     _head_fusion_kernel[(B,)](
         x, maps, w1, b1, w2, b2, wfc, bfc, logits, heads,
         C, H * W, W, J, N, 1.0 / (H * W), *x.stride(),
         NUM_HEADS=K, LOG_SOFTMAX=bool(log_softmax),
         BLOCK_K=max(16, triton.next_power_of_2(K)),  # tl.dot needs at least 16 rows
         BLOCK_C=triton.next_power_of_2(C), BLOCK_P=16,
-        BLOCK_J=triton.next_power_of_2(J), BLOCK_N=triton.next_power_of_2(N),
+        BLOCK_J=triton.next_power_of_2(J), BLOCK_N=max(8, triton.next_power_of_2(N)),
         PRECISION=dot_precision(torch.float32, allow_tf32), num_warps=8,
     )
     return logits, heads
 
 
 def head_fusion_reference(x, maps, w1, b1, w2, b2, wfc, bfc, log_softmax: bool):
-    """The same math in torch ops, computed in float32 (the CPU backend and the tests' reference)."""
-    B, C, H, W, K, J, N = _check(x, maps, w1, b1, w2, b2, wfc, bfc)
-    xf = x.float().reshape(B, C, H * W)
+    """The same math in torch ops, computed in float32 (float64 for float64 inputs): the CPU
+    backend and the tests' reference."""
+    B, C, H, W, K, J, N = _check(x, maps, w1, b1, w2, b2, wfc, bfc, reference=True)
+    xf = x.to(maps.dtype).reshape(B, C, H * W)
     v = torch.bmm(maps.reshape(B, K, H * W), xf.transpose(1, 2)) / (H * W)  # B×K×C
     hidden = torch.relu(torch.einsum("bkc,kjc->bkj", v, w1) + b1)
     gate = torch.sigmoid(torch.einsum("bkj,kcj->bkc", hidden, w2) + b2)
@@ -121,3 +137,24 @@ def head_fusion_reference(x, maps, w1, b1, w2, b2, wfc, bfc, log_softmax: bool):
         heads = torch.log_softmax(heads, dim=1)
     logits = torch.addmm(bfc, heads.sum(1), wfc.t())
     return logits.to(x.dtype), heads.to(x.dtype)
+
+
+_PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
+
+
+def aot_configurations():
+    """The configurations the engine launches for DAN-style heads (512 channels, 32 hidden,
+    5 to 8 classes, 1 to 8 heads), per activation dtype, for ahead-of-time compilation."""
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        a = _PTR[dtype]
+        sig = {"x_ptr": a, **{n: "*fp32" for n in ("map_ptr", "w1_ptr", "b1_ptr", "w2_ptr", "b2_ptr",
+                                                   "wfc_ptr", "bfc_ptr")},
+               "logits_ptr": a, "heads_ptr": a,
+               **{n: "i32" for n in ("C", "HW", "W", "J", "NCLS")}, "inv_hw": "fp32",
+               **{n: "i32" for n in ("sxb", "sxc", "sxh", "sxw")},
+               **{n: "constexpr" for n in ("NUM_HEADS", "LOG_SOFTMAX", "BLOCK_K", "BLOCK_C", "BLOCK_P",
+                                           "BLOCK_J", "BLOCK_N", "PRECISION")}}
+        for heads in (1, 2, 4, 8):
+            constexprs = {"NUM_HEADS": heads, "LOG_SOFTMAX": heads > 1, "BLOCK_K": 16, "BLOCK_C": 512,
+                          "BLOCK_P": 16, "BLOCK_J": 32, "BLOCK_N": 8, "PRECISION": "ieee"}
+            yield "head_fusion", _head_fusion_kernel, sig, constexprs, {"num_warps": 8}

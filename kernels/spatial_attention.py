@@ -47,9 +47,8 @@ def _reduce_1x1_kernel(
 @triton.jit
 def _merged_3x3_map_kernel(
     y_ptr, w_ptr, b_ptr, map_ptr,
-    M, HW, H, W, R, O, KR,
+    M, HW, H, W, R, O, KR, num_heads,
     swk, swo, swr, swy, swx,
-    NUM_HEADS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
 ):
     # One program: BLOCK_M output pixels of one head, all O output channels in BLOCK_N chunks.
@@ -82,7 +81,7 @@ def _merged_3x3_map_kernel(
         acc += tl.load(b_ptr + head * O + rn, mask=rn < O, other=0.0)[None, :]
         acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
         total += tl.sum(tl.where(rn[None, :] < O, acc, 0.0), axis=1)
-    tl.store(map_ptr + (img * NUM_HEADS + head) * HW + pix, total, mask=rm < M)
+    tl.store(map_ptr + (img * num_heads + head) * HW + pix, total, mask=rm < M)
 
 
 # Block shapes per activation dtype. fp32 tiles are smaller: 64×64×32 fp32 with 3 stages stays
@@ -108,13 +107,16 @@ def _config(kernel: str, x: torch.Tensor) -> dict:
     return dict(CONFIGS[kernel]["interpret" if x.device.type == "cpu" else x.dtype])
 
 
-def _check(x, w1, b1, w3, b3):
-    check_input("x", x, dim=4)
+def _check(x, w1, b1, w3, b3, reference=False):
+    # the kernels take fp32/fp16/bf16 activations with fp32 biases; the reference also float64
+    act = (torch.float32, torch.float16, torch.bfloat16) + ((torch.float64,) if reference else ())
+    bias = (torch.float32, torch.float64) if reference else (torch.float32,)
+    check_input("x", x, dim=4, dtypes=act)
     device = x.device
     check_input("w1", w1, dim=2, device=device, dtypes=(x.dtype,))
-    check_input("b1", b1, dim=1, device=device, dtypes=(torch.float32,))
+    check_input("b1", b1, dim=1, device=device, dtypes=bias)
     check_input("w3", w3, dim=5, device=device, dtypes=(x.dtype,))
-    check_input("b3", b3, dim=2, device=device, dtypes=(torch.float32,))
+    check_input("b3", b3, dim=2, device=device, dtypes=bias)
     K, O, R, kh, kw = w3.shape
     C = x.shape[1]
     if (kh, kw) != (3, 3):
@@ -128,10 +130,19 @@ def _check(x, w1, b1, w3, b3):
     return K, O, R
 
 
-def spatial_attention_map_triton(x, w1, b1, w3, b3, allow_tf32: bool = False) -> torch.Tensor:
+def _output(out, shape, device):
+    if out is None:
+        return torch.empty(shape, device=device, dtype=torch.float32)
+    if tuple(out.shape) != shape or out.dtype != torch.float32 or not out.is_contiguous() or out.device != device:
+        raise ValueError(f"out: expected a contiguous float32 tensor of shape {shape} on {device}, "
+                         f"got {out.dtype} {tuple(out.shape)} on {out.device}")
+    return out
+
+
+def spatial_attention_map_triton(x, w1, b1, w3, b3, allow_tf32: bool = False, out=None) -> torch.Tensor:
     """Launch the two kernels. x: B×C×H×W (any strides); w1: K·R×C; b1: K·R (fp32);
     w3: K×O×R×3×3 (any strides: the engine stores it tap-major for coalesced loads);
-    b3: K×O (fp32). Returns the float32 maps, B×K×H×W."""
+    b3: K×O (fp32). Returns the float32 maps, B×K×H×W (written into `out` if given)."""
     K, O, R = _check(x, w1, b1, w3, b3)
     B, C, H, W = x.shape
     M, HW = B * H * W, H * W
@@ -142,21 +153,51 @@ def spatial_attention_map_triton(x, w1, b1, w3, b3, allow_tf32: bool = False) ->
     _reduce_1x1_kernel[grid](
         x, w1, b1, y0, M, K * R, C, HW, W,
         *x.stride(), w1.stride(0), w1.stride(1), PRECISION=precision, **cfg)
-    maps = torch.empty((B, K, H, W), device=x.device, dtype=torch.float32)
+    maps = _output(out, (B, K, H, W), x.device)
     cfg = _config("merged_3x3_map", x)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]), K)
     _merged_3x3_map_kernel[grid](
-        y0, w3, b3, maps, M, HW, H, W, R, O, K * R,
+        y0, w3, b3, maps, M, HW, H, W, R, O, K * R, K,
         w3.stride(0), w3.stride(1), w3.stride(2), w3.stride(3), w3.stride(4),
-        NUM_HEADS=K, PRECISION=precision, **cfg)
+        PRECISION=precision, **cfg)
     return maps
 
 
 def spatial_attention_map_reference(x, w1, b1, w3, b3) -> torch.Tensor:
     """The same math in torch ops (the CPU backend and the tests' reference): one 1×1 conv for
-    all heads, one grouped 3×3 conv (groups = heads), ReLU, channel sum. Returns float32 maps."""
-    K, O, R = _check(x, w1, b1, w3, b3)
+    all heads, one grouped 3×3 conv (groups = heads), ReLU, channel sum. Returns float32 maps
+    (float64 for float64 inputs)."""
+    K, O, R = _check(x, w1, b1, w3, b3, reference=True)
     B, C, H, W = x.shape
     y0 = F.conv2d(x, w1.reshape(K * R, C, 1, 1), b1.to(x.dtype))
     z = F.conv2d(y0, w3.reshape(K * O, R, 3, 3), b3.view(-1).to(x.dtype), padding=1, groups=K)
-    return torch.relu(z).view(B, K, O, H, W).sum(2, dtype=torch.float32)
+    out_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return torch.relu(z).view(B, K, O, H, W).sum(2, dtype=out_dtype)
+
+
+_PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
+
+
+def aot_configurations():
+    """Every configuration the launcher can pick on a GPU, for ahead-of-time compilation:
+    (kernel, fn, signature, constexprs, options)."""
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        cfg = dict(CONFIGS["reduce_1x1"][dtype])
+        options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
+        for allow_tf32 in ((False, True) if dtype == torch.float32 else (False,)):
+            precision = dot_precision(dtype, allow_tf32)
+            a = _PTR[dtype]
+            sig = {"x_ptr": a, "w_ptr": a, "b_ptr": "*fp32", "y_ptr": a,
+                   **{n: "i32" for n in ("M", "N", "C", "HW", "W", "sxb", "sxc", "sxh", "sxw", "swn", "swc")},
+                   **{n: "constexpr" for n in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "PRECISION")}}
+            yield "reduce_1x1", _reduce_1x1_kernel, sig, {**cfg, "PRECISION": precision}, options
+        cfg = dict(CONFIGS["merged_3x3_map"][dtype])
+        options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
+        for allow_tf32 in ((False, True) if dtype == torch.float32 else (False,)):
+            precision = dot_precision(dtype, allow_tf32)
+            a = _PTR[dtype]
+            sig = {"y_ptr": a, "w_ptr": a, "b_ptr": "*fp32", "map_ptr": "*fp32",
+                   **{n: "i32" for n in ("M", "HW", "H", "W", "R", "O", "KR", "num_heads",
+                                         "swk", "swo", "swr", "swy", "swx")},
+                   **{n: "constexpr" for n in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "PRECISION")}}
+            yield "merged_3x3_map", _merged_3x3_map_kernel, sig, {**cfg, "PRECISION": precision}, options
