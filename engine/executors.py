@@ -16,8 +16,13 @@ def onednn_available() -> bool:
     return True
 
 
+# activations a folded conv can apply in its epilogue: torch function and oneDNN's post-op name
+ACTIVATIONS = {"relu": (torch.relu, "relu"), "sigmoid": (torch.sigmoid, "sigmoid"), "silu": (F.silu, "swish")}
+
+
 class ConvRunner:
-    """A folded conv; `run(x, relu=False, residual=None)` computes act(conv(x) + residual)."""
+    """A folded conv; `run(x, act=None, residual=None)` computes act(conv(x) + residual), `act`
+    one of ACTIVATIONS."""
 
     def __init__(self, weight, bias, executor: str, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
         self.stride, self.padding, self.dilation = list(stride), list(padding), list(dilation)
@@ -47,11 +52,11 @@ class ConvRunner:
             raise ValueError(f"{conv}: only numeric zero padding is folded")
         return cls(weight, bias, executor, conv.stride, conv.padding, conv.dilation, conv.groups)
 
-    def run(self, x, relu: bool = False, residual=None):
+    def run(self, x, act: str | None = None, residual=None):
         if self.executor == "onednn":
             x = x.contiguous(memory_format=torch.channels_last)
             op = torch.ops.mkldnn._convolution_pointwise
-            unary = "relu" if relu else "none"
+            unary = ACTIVATIONS[act][1] if act else "none"
             weight = self.packed(x.shape)
             if residual is None:
                 return op(x, weight, self.bias, self.padding, self.stride, self.dilation, self.groups,
@@ -61,4 +66,4 @@ class ConvRunner:
         y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         if residual is not None:
             y = y + residual
-        return torch.relu(y) if relu else y
+        return ACTIVATIONS[act][0](y) if act else y

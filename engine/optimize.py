@@ -101,6 +101,11 @@ def revert(model: nn.Module) -> nn.Module:
     return model
 
 
+def rep_names(rep: Report, name: str) -> list[str]:
+    """Ancestors of `name` already noted as kept on PyTorch (a layer's own attention is not noted twice)."""
+    return [n.split(" ")[0] for n in rep.notes if n.split(" ")[0] != name]
+
+
 def _entry(unit: FusedUnit) -> FusedEntry:
     return FusedEntry(unit.pattern, unit.names(), unit.backend)
 
@@ -136,6 +141,13 @@ def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32"
                 claimed.update(item.names())
     for unit in units:
         unit.install(model)
+        if unit.torch_only and backend == "triton":
+            rep.notes.append(f"{unit.pattern} ({', '.join(unit.names())}): no Triton kernel yet, runs as torch ops")
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.TransformerEncoderLayer, nn.MultiheadAttention)) and name and \
+                not any(name.startswith(p + ".") for p in rep_names(rep, name)):
+            rep.notes.append(f"{name} ({type(module).__name__}): stays on PyTorch's fused attention "
+                             "(scaled_dot_product_attention), not fused by ferfuse")
     state = EngineState(units, rep)
     model.__dict__[STATE_ATTR] = state
     if not units:

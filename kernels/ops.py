@@ -1,6 +1,8 @@
 """torch.library registration of the fused ops: `ferfuse::<op>` with a CPU kernel (the torch
 reference), a CUDA kernel (Triton) and a fake implementation, so optimised models still trace
 (torch.compile, torch.export, fvcore's jit trace)."""
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -9,18 +11,18 @@ from .spatial_attention import spatial_attention_map_reference, spatial_attentio
 
 
 @torch.library.custom_op("ferfuse::spatial_attention_map", mutates_args=())
-def spatial_attention_map(x: Tensor, w1: Tensor, b1: Tensor, w3: Tensor, b3: Tensor,
-                          allow_tf32: bool = False) -> Tensor:
-    return spatial_attention_map_reference(x, w1, b1, w3, b3)
+def spatial_attention_map(x: Tensor, w1: Tensor, b1: Tensor, w3: Tensor, b3: Tensor, gate_w: Optional[Tensor] = None,
+                          gate_b: Optional[Tensor] = None, allow_tf32: bool = False) -> Tensor:
+    return spatial_attention_map_reference(x, w1, b1, w3, b3, gate_w, gate_b)
 
 
 @spatial_attention_map.register_kernel("cuda")
-def _(x, w1, b1, w3, b3, allow_tf32=False):
-    return spatial_attention_map_triton(x, w1, b1, w3, b3, allow_tf32)
+def _(x, w1, b1, w3, b3, gate_w=None, gate_b=None, allow_tf32=False):
+    return spatial_attention_map_triton(x, w1, b1, w3, b3, gate_w, gate_b, allow_tf32)
 
 
 @spatial_attention_map.register_fake
-def _(x, w1, b1, w3, b3, allow_tf32=False):
+def _(x, w1, b1, w3, b3, gate_w=None, gate_b=None, allow_tf32=False):
     return x.new_empty((x.shape[0], w3.shape[0], x.shape[2], x.shape[3]), dtype=torch.float32)
 
 

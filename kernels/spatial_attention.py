@@ -4,6 +4,7 @@ For each head k (DAN, ../shared/spec/engine.md §2-4, weights already BN-folded 
     y0_k  = W1_k · x + b1_k                     1×1 reduce, C → R channels
     z_k   = ReLU(conv3x3(y0_k; W3_k) + b3_k)    the merged 3×3 (+1×3 +3×1), R → O channels
     map_k = Σ_o z_k[o]                           channel sum: B×K×H×W
+    (MACA-Net's gate instead: map_k = σ(Σ_o g_k[o]·z_k[o] + c_k), a weighted sum and a sigmoid)
 Kernel 1 computes all K heads' 1×1 convs as one GEMM (pixels × C) @ (C × K·R), channels-last out.
 Kernel 2 is an implicit GEMM per head over (pixels × 9·R) @ (9·R × O) whose epilogue adds the
 bias, applies ReLU and sums over O in registers, writing only the K×H×W maps.
@@ -46,10 +47,11 @@ def _reduce_1x1_kernel(
 
 @triton.jit
 def _merged_3x3_map_kernel(
-    y_ptr, w_ptr, b_ptr, map_ptr,
+    y_ptr, w_ptr, b_ptr, map_ptr, gw_ptr, gb_ptr,
     M, HW, H, W, R, O, KR, num_heads,
     swk, swo, swr, swy, swx,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+    GATE: tl.constexpr,
 ):
     # One program: BLOCK_M output pixels of one head, all O output channels in BLOCK_N chunks.
     pid_m = tl.program_id(0)
@@ -80,7 +82,11 @@ def _merged_3x3_map_kernel(
         # epilogue: bias, ReLU (NaN kept, as torch.relu keeps it), sum over output channels
         acc += tl.load(b_ptr + head * O + rn, mask=rn < O, other=0.0)[None, :]
         acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
+        if GATE:  # weighted channel sum (the gate's 1×1 conv to one channel)
+            acc = acc * tl.load(gw_ptr + head * O + rn, mask=rn < O, other=0.0)[None, :]
         total += tl.sum(tl.where(rn[None, :] < O, acc, 0.0), axis=1)
+    if GATE:
+        total = tl.sigmoid(total + tl.load(gb_ptr + head))
     tl.store(map_ptr + (img * num_heads + head) * HW + pix, total, mask=rm < M)
 
 
@@ -107,7 +113,7 @@ def _config(kernel: str, x: torch.Tensor) -> dict:
     return dict(CONFIGS[kernel]["interpret" if x.device.type == "cpu" else x.dtype])
 
 
-def _check(x, w1, b1, w3, b3, reference=False):
+def _check(x, w1, b1, w3, b3, reference=False, gate_w=None, gate_b=None):
     # the kernels take fp32/fp16/bf16 activations with fp32 biases; the reference also float64
     act = (torch.float32, torch.float16, torch.bfloat16) + ((torch.float64,) if reference else ())
     bias = (torch.float32, torch.float64) if reference else (torch.float32,)
@@ -127,6 +133,14 @@ def _check(x, w1, b1, w3, b3, reference=False):
     if b1.numel() != K * R or tuple(b3.shape) != (K, O):
         raise ValueError(f"biases: expected b1 of {K * R} and b3 of shape {(K, O)}, "
                          f"got {tuple(b1.shape)} and {tuple(b3.shape)}")
+    if (gate_w is None) != (gate_b is None):
+        raise ValueError("gate_w and gate_b go together")
+    if gate_w is not None:
+        check_input("gate_w", gate_w, dim=2, device=device, dtypes=bias)
+        check_input("gate_b", gate_b, dim=1, device=device, dtypes=bias)
+        if tuple(gate_w.shape) != (K, O) or tuple(gate_b.shape) != (K,):
+            raise ValueError(f"gate: expected gate_w {(K, O)} and gate_b {(K,)}, "
+                             f"got {tuple(gate_w.shape)} and {tuple(gate_b.shape)}")
     return K, O, R
 
 
@@ -139,11 +153,16 @@ def _output(out, shape, device):
     return out
 
 
-def spatial_attention_map_triton(x, w1, b1, w3, b3, allow_tf32: bool = False, out=None) -> torch.Tensor:
+def spatial_attention_map_triton(x, w1, b1, w3, b3, gate_w=None, gate_b=None, allow_tf32: bool = False,
+                                 out=None) -> torch.Tensor:
     """Launch the two kernels. x: B×C×H×W (any strides); w1: K·R×C; b1: K·R (fp32);
     w3: K×O×R×3×3 (any strides: the engine stores it tap-major for coalesced loads);
-    b3: K×O (fp32). Returns the float32 maps, B×K×H×W (written into `out` if given)."""
-    K, O, R = _check(x, w1, b1, w3, b3)
+    b3: K×O (fp32); optional gate gate_w: K×O, gate_b: K (fp32). Returns the float32 maps,
+    B×K×H×W (written into `out` if given)."""
+    K, O, R = _check(x, w1, b1, w3, b3, gate_w=gate_w, gate_b=gate_b)
+    gate = gate_w is not None
+    if gate:
+        gate_w, gate_b = gate_w.contiguous(), gate_b.contiguous()
     B, C, H, W = x.shape
     M, HW = B * H * W, H * W
     precision = dot_precision(x.dtype, allow_tf32)
@@ -157,22 +176,26 @@ def spatial_attention_map_triton(x, w1, b1, w3, b3, allow_tf32: bool = False, ou
     cfg = _config("merged_3x3_map", x)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]), K)
     _merged_3x3_map_kernel[grid](
-        y0, w3, b3, maps, M, HW, H, W, R, O, K * R, K,
+        y0, w3, b3, maps, gate_w if gate else b3, gate_b if gate else b3,  # unread without GATE
+        M, HW, H, W, R, O, K * R, K,
         w3.stride(0), w3.stride(1), w3.stride(2), w3.stride(3), w3.stride(4),
-        PRECISION=precision, **cfg)
+        PRECISION=precision, GATE=gate, **cfg)
     return maps
 
 
-def spatial_attention_map_reference(x, w1, b1, w3, b3) -> torch.Tensor:
+def spatial_attention_map_reference(x, w1, b1, w3, b3, gate_w=None, gate_b=None) -> torch.Tensor:
     """The same math in torch ops (the CPU backend and the tests' reference): one 1×1 conv for
-    all heads, one grouped 3×3 conv (groups = heads), ReLU, channel sum. Returns float32 maps
-    (float64 for float64 inputs)."""
-    K, O, R = _check(x, w1, b1, w3, b3, reference=True)
+    all heads, one grouped 3×3 conv (groups = heads), ReLU, channel sum (or the gate). Returns
+    float32 maps (float64 for float64 inputs)."""
+    K, O, R = _check(x, w1, b1, w3, b3, reference=True, gate_w=gate_w, gate_b=gate_b)
     B, C, H, W = x.shape
     y0 = F.conv2d(x, w1.reshape(K * R, C, 1, 1), b1.to(x.dtype))
     z = F.conv2d(y0, w3.reshape(K * O, R, 3, 3), b3.view(-1).to(x.dtype), padding=1, groups=K)
     out_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return torch.relu(z).view(B, K, O, H, W).sum(2, dtype=out_dtype)
+    z = torch.relu(z).view(B, K, O, H, W).to(out_dtype)
+    if gate_w is None:
+        return z.sum(2)
+    return torch.sigmoid(torch.einsum("bkohw,ko->bkhw", z, gate_w.to(out_dtype)) + gate_b.to(out_dtype).view(1, K, 1, 1))
 
 
 _PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
@@ -196,8 +219,10 @@ def aot_configurations():
         for allow_tf32 in ((False, True) if dtype == torch.float32 else (False,)):
             precision = dot_precision(dtype, allow_tf32)
             a = _PTR[dtype]
-            sig = {"y_ptr": a, "w_ptr": a, "b_ptr": "*fp32", "map_ptr": "*fp32",
+            sig = {"y_ptr": a, "w_ptr": a, "b_ptr": "*fp32", "map_ptr": "*fp32", "gw_ptr": "*fp32", "gb_ptr": "*fp32",
                    **{n: "i32" for n in ("M", "HW", "H", "W", "R", "O", "KR", "num_heads",
                                          "swk", "swo", "swr", "swy", "swx")},
-                   **{n: "constexpr" for n in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "PRECISION")}}
-            yield "merged_3x3_map", _merged_3x3_map_kernel, sig, {**cfg, "PRECISION": precision}, options
+                   **{n: "constexpr" for n in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "PRECISION", "GATE")}}
+            for gate in (False, True):
+                yield ("merged_3x3_map", _merged_3x3_map_kernel, sig, {**cfg, "PRECISION": precision, "GATE": gate},
+                       options)

@@ -20,8 +20,12 @@ def is_claimed(name: str, claimed: set[str]) -> bool:
 
 
 def all_patterns():
+    from .cbam import CBAMPattern
     from .conv_bn import ConvBNPattern
     from .dan_heads import DANHeadsPattern
+    from .maca_heads import MACAHeadsPattern
+    from .mhan import MHANPattern
     from .resnet_block import ResNetBlockPattern
 
-    return [DANHeadsPattern(), ResNetBlockPattern(), ConvBNPattern()]
+    return [MACAHeadsPattern(), DANHeadsPattern(), MHANPattern(), CBAMPattern(), ResNetBlockPattern(),
+            ConvBNPattern()]

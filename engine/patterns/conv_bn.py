@@ -2,9 +2,10 @@
 
 Matched by structure: in any module, a Conv2d registered directly before a BatchNorm2d over its
 output channels (torchvision's ResNet stem, `Sequential(conv, bn)`, Conv_block ...). Inside an
-nn.Sequential, whose order is its forward, a ReLU right after the BN is fused too. The conv then
-runs with the folded weights (and the ReLU), and the BN (and ReLU) pass their input through, in
-eval mode.
+nn.Sequential, whose order is its forward, a ReLU, SiLU or sigmoid right after the BN is fused too
+(EfficientNet's Conv2dNormActivation is such a Sequential). The conv then
+runs with the folded weights (and the activation), and the BN (and activation) pass their input
+through, in eval mode.
 """
 import torch.nn as nn
 
@@ -20,7 +21,8 @@ class FoldedConvBN(FusedUnit):
     def __init__(self, modules: dict[str, nn.Module], **kw):
         super().__init__(modules, **kw)
         self.conv, self.bn, *rest = modules.values()
-        self.relu = rest[0] if rest else None
+        self.act_module = rest[0] if rest else None
+        self.act = _FUSABLE_ACTIVATIONS[type(self.act_module)] if rest else None
 
     def fold(self, device):
         w, b = fold_batchnorm(self.conv.weight, self.conv.bias, self.bn)
@@ -28,7 +30,7 @@ class FoldedConvBN(FusedUnit):
                                           self.conv_executor())}
 
     def forward(self, x):
-        return self.folded(x.device)["conv"].run(x.to(self.dtype), relu=self.relu is not None)
+        return self.folded(x.device)["conv"].run(x.to(self.dtype), act=self.act)
 
     def reference(self, modules, x):
         for m in modules:
@@ -36,13 +38,17 @@ class FoldedConvBN(FusedUnit):
         return x
 
     def install(self, model):
-        self.rebind(self.conv, _conv_forward, f"{self.conv._get_name()}+BN{'+ReLU' if self.relu else ''}[folded]")
+        act = f"+{self.act_module._get_name()}" if self.act_module is not None else ""
+        self.rebind(self.conv, _conv_forward, f"{self.conv._get_name()}+BN{act}[folded]")
         self.rebind(self.bn, _pass_through, f"{self.bn._get_name()}[folded into conv]")
-        if self.relu is not None:
-            self.rebind(self.relu, _pass_through, f"{self.relu._get_name()}[fused into conv]")
+        if self.act_module is not None:
+            self.rebind(self.act_module, _pass_through, f"{self.act_module._get_name()}[fused into conv]")
 
     def active(self, module=None):
         return self.enabled and not any(m.training for m in self.covered.values())
+
+
+_FUSABLE_ACTIVATIONS = {nn.ReLU: "relu", nn.SiLU: "silu", nn.Sigmoid: "sigmoid"}
 
 
 def _conv_forward(self, x):
@@ -87,7 +93,7 @@ class ConvBNPattern:
                     found.append(Skip(self.name, " + ".join(modules), reason))
                     continue
                 if isinstance(parent, nn.Sequential) and i + 2 < len(children) \
-                        and type(children[i + 2][1]) is nn.ReLU:
+                        and type(children[i + 2][1]) in _FUSABLE_ACTIVATIONS:
                     modules[prefix + children[i + 2][0]] = children[i + 2][1]
                 found.append(FoldedConvBN(modules, **kw))
         return found

@@ -34,7 +34,7 @@ class FusedBasicBlock(FusedUnit):
         f = self.folded(x.device)
         x = x.to(self.dtype)
         shortcut = f["downsample"].run(x) if "downsample" in f else x
-        return f["conv2"].run(f["conv1"].run(x, relu=True), relu=True, residual=shortcut)
+        return f["conv2"].run(f["conv1"].run(x, act="relu"), act="relu", residual=shortcut)
 
     def reference(self, modules, x):
         return modules[0](x)
@@ -75,8 +75,8 @@ class ResNetBlockPattern:
     def find(self, model: nn.Module, claimed: set[str], **kw):
         found = []
         for name, module in model.named_modules():
-            if not (hasattr(module, "conv1") and hasattr(module, "bn1") and hasattr(module, "conv2")):
-                continue
+            if not all(hasattr(module, n) for n in ("conv1", "bn1", "conv2", "bn2")):
+                continue  # not block-shaped (CoordAtt has conv1/bn1/conv2 too): not a candidate
             if is_claimed(name, claimed) or not name:
                 continue
             reason = block_reason(module)

@@ -37,7 +37,7 @@ def test_triton_backend_matches_float64(build, heads, size, gen):
     ref = _reference(model, x)
     ferfuse.optimize(model, backend="triton", example_inputs=x)
     rep = ferfuse.report(model)
-    assert rep.backend == "triton" and not rep.reverted
+    assert rep.backend == "triton" and "dan_heads" not in [e.pattern for e, _ in rep.reverted]
     entry = next(e for e in rep.fused if e.pattern == "dan_heads")
     assert entry.modules[:heads] == [f"cat_head{i}" for i in range(heads)]
     with torch.no_grad():

@@ -96,3 +96,19 @@ def test_bad_inputs_raise_before_launch(gen):
         spatial_attention_map_triton(x, w1, b1, w3[..., :1], b3)
     with pytest.raises(ValueError, match="out"):
         spatial_attention_map_triton(x, w1, b1, w3, b3, out=torch.empty(1, device=DEVICE))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_gate_epilogue_matches_float64_reference(dtype, gen):
+    """MACA-Net's gate: σ(Σ_o g_o·ReLU(z)_o + c) instead of the plain channel sum."""
+    K, C, R, O = 3, 48, 32, 40
+    x = torch.randn(2, C, 7, 5, generator=gen).to(DEVICE, dtype)
+    w = _weights(K, C, R, O, dtype, gen)
+    gate_w = (torch.randn(K, O, generator=gen) / O).to(DEVICE)
+    gate_b = torch.randn(K, generator=gen).to(DEVICE)
+    out = torch.full((2, K, 7, 5), float("nan"), device=DEVICE)
+    got = spatial_attention_map_triton(x, *w, gate_w, gate_b, out=out)
+    ref = spatial_attention_map_reference(*(t.double().cpu() for t in (x, *w, gate_w, gate_b)))
+    assert_close(got.cpu(), ref, RTOL[dtype], "gated maps")
+    with pytest.raises(ValueError, match="go together"):
+        spatial_attention_map_triton(x, *w, gate_w, None)

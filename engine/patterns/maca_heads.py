@@ -1,0 +1,107 @@
+"""MACA-Net cross-attention heads, found by structure: each head holds `sa` (the multi-scale
+spatial unit plus `gate` = Sequential(Conv2d(C, 1, 1), Sigmoid)), `ca` (`attention` MLP over
+GAP + GMP) and `fuse` (Conv2d(2C, C, 1)); the model holds `features`, the heads, `fc` and an
+optional `bn`. Per head, exactly (eval mode, by linearity of the 1×1 fusion and of GAP):
+    g      = σ(Σ_o w_g[o]·ReLU(z)[o] + c_g)                 the gate map, B×H×W
+    v_sa   = (1/HW) Σ_p g[p]·x[:, p]                        GAP(x ⊙ g), x ⊙ g never formed
+    y      = σ(MLP(GAP(x) + GMP(x)));  v_ca = y ⊙ GAP(x)    GAP(x ⊙ y)
+    head   = W_a·v_sa + W_b·v_ca + b                        GAP(Conv1x1([x⊙g, x⊙y])): two GEMMs, no concat
+then log_softmax over heads, sum, fc with the folded bn. The gate maps come from the spatial-map
+kernel's gate epilogue on the triton backend; the pooled algebra after it runs as torch ops.
+"""
+import torch
+import torch.nn as nn
+
+from ..algebra import layer_bias
+from ..fused import FusedUnit
+from . import Skip
+from .dan_heads import _dan_forward, find_heads, model_reason
+from .spatial_unit import (classifier_reason, fold_classifier, fold_se_mlps, fold_spatial_units, se_gates,
+                           se_mlp_reason, spatial_maps, spatial_unit_reason)
+
+
+def head_reason(head: nn.Module) -> str | None:
+    sa, ca, fuse = getattr(head, "sa", None), getattr(head, "ca", None), getattr(head, "fuse", None)
+    if sa is None or ca is None or fuse is None:
+        return "no `sa`, `ca` and `fuse` children"
+    reason = spatial_unit_reason(sa)
+    if reason:
+        return reason
+    c = sa.conv1x1[0].in_channels
+    gate = getattr(sa, "gate", None)
+    if not (isinstance(gate, nn.Sequential) and len(gate) == 2 and isinstance(gate[0], nn.Conv2d)
+            and type(gate[1]) is nn.Sigmoid and gate[0].kernel_size == (1, 1) and gate[0].out_channels == 1
+            and gate[0].in_channels == c and gate[0].groups == 1):
+        return "sa.gate is not Sequential(Conv2d(C, 1, 1), Sigmoid)"
+    if not (isinstance(fuse, nn.Conv2d) and fuse.kernel_size == (1, 1) and fuse.in_channels == 2 * c
+            and fuse.out_channels == c and fuse.groups == 1 and fuse.stride == (1, 1) and fuse.padding == (0, 0)):
+        return f"fuse is not a Conv2d({2 * c}, {c}, 1)"
+    return se_mlp_reason(getattr(ca, "attention", None), c, "ca.attention")
+
+
+class FusedMACAHeads(FusedUnit):
+    pattern = "maca_heads"
+
+    def __init__(self, heads, fc, bn, **kw):
+        super().__init__({**heads, "fc": fc, **({"bn": bn} if bn is not None else {})}, **kw)
+        self.heads = list(heads.values())
+        self.num_heads = len(self.heads)
+        self.fc, self.bn = fc, bn
+        self.channels = self.heads[0].sa.conv1x1[0].in_channels
+
+    def fold(self, device):
+        c, f32 = self.channels, torch.float32
+        fuse_w = torch.stack([h.fuse.weight.double().flatten(1) for h in self.heads])  # K×C×2C
+        return {**fold_spatial_units([h.sa for h in self.heads], device, self.dtype, self.conv_executor(), self.backend),
+                **fold_se_mlps([h.ca.attention for h in self.heads], device),
+                **fold_classifier(self.fc, self.bn, device),
+                "gate_w": torch.stack([h.sa.gate[0].weight.double().flatten() for h in self.heads]).to(device, f32),
+                "gate_b": torch.stack([layer_bias(h.sa.gate[0])[0] for h in self.heads]).to(device, f32),
+                "wa": fuse_w[:, :, :c].to(device, f32), "wb": fuse_w[:, :, c:].to(device, f32),
+                "bf": torch.stack([layer_bias(h.fuse) for h in self.heads]).to(device, f32)}
+
+    def forward(self, x):
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(f"the attention heads expect a B×{self.channels}×H×W feature map, "
+                             f"got shape {tuple(x.shape)}")
+        f = self.folded(x.device)
+        xc = x.to(self.dtype)
+        gates = spatial_maps(self, f, xc, f["gate_w"], f["gate_b"])   # B×K×H×W
+        B, C, H, W = x.shape
+        xf = xc.float().reshape(B, C, H * W)
+        v_sa = torch.bmm(gates.view(B, self.num_heads, H * W), xf.transpose(1, 2)) / (H * W)
+        gap, gmp = xf.mean(2), xf.amax(2)
+        v_ca = se_gates(f, gap + gmp) * gap[:, None, :]
+        heads = torch.einsum("bkc,koc->bko", v_sa, f["wa"]) + torch.einsum("bkc,koc->bko", v_ca, f["wb"]) + f["bf"]
+        if self.num_heads > 1:
+            heads = torch.log_softmax(heads, dim=1)
+        logits = torch.addmm(f["bfc"], heads.sum(1), f["wfc"].t())
+        return logits.to(x.dtype), heads.to(x.dtype)
+
+    def reference(self, modules, x):
+        k = self.num_heads
+        heads = torch.stack([m(x) for m in modules[:k]], dim=1)
+        if k > 1:
+            heads = torch.log_softmax(heads, dim=1)
+        out = modules[k](heads.sum(dim=1))
+        return modules[k + 1](out) if self.bn is not None else out
+
+    def install(self, model):
+        self.rebind(model, _dan_forward, f"{model._get_name()}[ferfuse]")
+        for head in self.heads:
+            self.rebind(head, None, f"{head._get_name()}[fused: {self.pattern}]")
+
+
+class MACAHeadsPattern:
+    name = "maca_heads"
+
+    def find(self, model: nn.Module, claimed: set[str], **kw):
+        if not any(hasattr(m, "fuse") for _, m in model.named_children()):
+            return []  # not MACA-structured: leave the candidates to the other head patterns
+        heads, skips = find_heads(model, claimed, self.name, head_reason)
+        if not heads:
+            return skips
+        reason = model_reason(model, heads, next(iter(heads.values())).sa.conv1x1[0].in_channels)
+        if reason:
+            return [Skip(self.name, ", ".join(heads), reason)]
+        return [FusedMACAHeads(heads, model.fc, getattr(model, "bn", None), **kw)]

@@ -1,0 +1,193 @@
+"""MHAN's attention and fusion, found by structure: `features`, `ela` (shared depthwise Conv1d,
+GroupNorm, sigmoid), K heads each holding `SEDDAHead` (depthwise (1,W) and (H,1) Linear_blocks,
+conv1 + bn1 + h_swish, conv2/conv3 + sigmoid, squeeze-excite `fc`), `Linear` (a depthwise H×W
+conv + BN) and `fc`. Forward, as upstream: x = ela(features(input)); maps_k = head_k(x);
+logits = fc(flatten(Linear(x · max_k maps_k))); returns (logits, x, [maps_k]).
+
+Exact algebra (eval mode):
+- ELA: both directional means go through the shared Conv1d + GroupNorm in one call (stacked on
+  the batch axis when H = W), then one product x·a_h·a_w.
+- Heads, all K batched: the (1,W)/(H,1) depthwise convs with their BN folded are weighted sums
+  along W and H; conv1 with bn1 folded; GAP(a_h ⊗ a_w) = mean_h(a_h)·mean_w(a_w), so the
+  squeeze-excite never reads a 7×7 map; the maps a_h ⊗ a_w ⊗ s are formed once, for the return
+  value and the max.
+- Fusion: the depthwise H×W conv over x·m with its BN folded is Σ_p k'[c,p]·x[c,p]·m[c,p] + b'[c];
+  then fc. All torch ops on both backends (no Triton kernel for MHAN yet: the report says so).
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..algebra import fold_batchnorm, layer_bias
+from ..fused import FusedUnit, original_forward, unit_of
+from . import Skip, is_claimed
+
+
+def _linear_block_reason(block, name, groups, kernel) -> str | None:
+    conv, bn = getattr(block, "conv", None), getattr(block, "bn", None)
+    if not isinstance(conv, nn.Conv2d) or type(bn) is not nn.BatchNorm2d or bn.running_mean is None:
+        return f"{name} is not a conv + BatchNorm2d block"
+    if conv.groups != groups or conv.kernel_size != kernel or conv.stride != (1, 1) or conv.padding != (0, 0) \
+            or conv.in_channels != groups or conv.out_channels != groups:
+        return f"{name} is not a depthwise {kernel} conv without padding over {groups} channels"
+    return None
+
+
+def head_reason(head: nn.Module) -> str | None:
+    h = getattr(head, "SEDDAHead", None)
+    if h is None:
+        return "no SEDDAHead"
+    c = getattr(getattr(getattr(h, "Linear_h", None), "conv", None), "in_channels", None)
+    if c is None:
+        return "SEDDAHead.Linear_h has no conv"
+    size = h.Linear_h.conv.kernel_size[1]
+    for name, kernel in (("Linear_h", (1, size)), ("Linear_w", (size, 1))):
+        reason = _linear_block_reason(getattr(h, name, None), f"SEDDAHead.{name}", c, kernel)
+        if reason:
+            return reason
+    conv1, bn1 = getattr(h, "conv1", None), getattr(h, "bn1", None)
+    if not (isinstance(conv1, nn.Conv2d) and conv1.kernel_size == (1, 1) and conv1.in_channels == c
+            and type(bn1) is nn.BatchNorm2d and bn1.num_features == conv1.out_channels and bn1.running_mean is not None):
+        return "SEDDAHead.conv1/bn1 are not a 1×1 conv with its BatchNorm2d"
+    for name in ("conv2", "conv3"):
+        conv = getattr(h, name, None)
+        if not (isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.in_channels == conv1.out_channels
+                and conv.out_channels == c):
+            return f"SEDDAHead.{name} is not a 1×1 conv back to {c} channels"
+    fc = getattr(h, "fc", None)
+    kinds = (nn.Linear, nn.ReLU, nn.Linear, nn.Sigmoid)
+    if not (isinstance(fc, nn.Sequential) and len(fc) == 4 and all(type(m) is k for m, k in zip(fc, kinds))
+            and fc[0].bias is None and fc[2].bias is None and fc[0].in_features == c and fc[2].out_features == c):
+        return "SEDDAHead.fc is not Sequential(Linear(no bias), ReLU, Linear(no bias), Sigmoid)"
+    return None
+
+
+def ela_reason(ela) -> str | None:
+    con1, gn = getattr(ela, "con1", None), getattr(ela, "GN", None)
+    if not (isinstance(con1, nn.Conv1d) and con1.groups == con1.in_channels == con1.out_channels
+            and con1.stride == (1,) and con1.padding == (con1.kernel_size[0] // 2,) and con1.bias is None):
+        return "ela.con1 is not a same-padded depthwise Conv1d without bias"
+    if type(gn) is not nn.GroupNorm or gn.num_channels != con1.in_channels:
+        return "ela.GN is not a GroupNorm over con1's channels"
+    return None
+
+
+def _h_swish(x):
+    return x * (F.relu6(x + 3) / 6)
+
+
+class FusedMHAN(FusedUnit):
+    pattern = "mhan_attention"
+    torch_only = True
+
+    def __init__(self, ela, heads: dict, linear, fc, **kw):
+        super().__init__({"ela": ela, **heads, "Linear": linear, "fc": fc}, **kw)
+        self.ela, self.heads, self.linear, self.fc = ela, [m.SEDDAHead for m in heads.values()], linear, fc
+        self.num_heads = len(self.heads)
+        self.channels = linear.conv.in_channels
+        self.size = tuple(self.heads[0].Linear_h.conv.kernel_size[1:]) + tuple(self.heads[0].Linear_w.conv.kernel_size[:1])
+
+    def fold(self, device):
+        f32 = torch.float32
+
+        def stack(fn):
+            return torch.stack([fn(h) for h in self.heads]).to(device, f32)
+
+        def folded(block, i):
+            return fold_batchnorm(block.conv.weight, block.conv.bias, block.bn)[i]
+
+        kl, bl = fold_batchnorm(self.linear.conv.weight, self.linear.conv.bias, self.linear.bn)
+        return {
+            "kh": stack(lambda h: folded(h.Linear_h, 0).flatten(1)), "bh": stack(lambda h: folded(h.Linear_h, 1)),
+            "kw": stack(lambda h: folded(h.Linear_w, 0).flatten(1)), "bw": stack(lambda h: folded(h.Linear_w, 1)),
+            "w1": stack(lambda h: fold_batchnorm(h.conv1.weight, h.conv1.bias, h.bn1)[0].flatten(1)),
+            "b1": stack(lambda h: fold_batchnorm(h.conv1.weight, h.conv1.bias, h.bn1)[1]),
+            "w2": stack(lambda h: h.conv2.weight.double().flatten(1)), "b2": stack(lambda h: layer_bias(h.conv2)),
+            "w3": stack(lambda h: h.conv3.weight.double().flatten(1)), "b3": stack(lambda h: layer_bias(h.conv3)),
+            "s1": stack(lambda h: h.fc[0].weight.double()), "s2": stack(lambda h: h.fc[2].weight.double()),
+            "kl": kl.flatten(1).to(device, f32), "bl": bl.to(device, f32),
+            "wfc": self.fc.weight.to(device, f32), "bfc": layer_bias(self.fc).to(device, f32),
+        }
+
+    def attend(self, x):
+        """ELA: x · a_h · a_w with the shared Conv1d and GroupNorm applied to both means at once."""
+        b, c, h, w = x.shape
+        ela = self.ela
+        if h == w:
+            a = torch.sigmoid(ela.GN(ela.con1(torch.cat([x.mean(dim=3), x.mean(dim=2)], dim=0))))
+            a_h, a_w = a[:b], a[b:]
+        else:
+            a_h = torch.sigmoid(ela.GN(ela.con1(x.mean(dim=3))))
+            a_w = torch.sigmoid(ela.GN(ela.con1(x.mean(dim=2))))
+        return x * a_h.unsqueeze(3) * a_w.unsqueeze(2)
+
+    def forward(self, x):
+        """x: the trunk's map. Returns (logits, x after ELA, list of K head maps)."""
+        if x.dim() != 4 or x.shape[1] != self.channels or tuple(x.shape[2:]) != self.size:
+            raise ValueError(f"MHAN's heads expect a B×{self.channels}×{self.size[0]}×{self.size[1]} feature map "
+                             f"(112×112 images), got shape {tuple(x.shape)}")
+        f = self.folded(x.device)
+        x = self.attend(x.to(self.dtype))
+        H, W = self.size
+        x_h = torch.einsum("bchw,kcw->bkch", x, f["kh"]) + f["bh"][:, :, None]
+        x_w = torch.einsum("bchw,kch->bkcw", x, f["kw"]) + f["bw"][:, :, None]
+        y = _h_swish(torch.einsum("bkcl,kmc->bkml", torch.cat([x_h, x_w], dim=3), f["w1"]) + f["b1"][:, :, None])
+        a_h = torch.sigmoid(torch.einsum("bkml,kcm->bkcl", y[..., :H], f["w2"]) + f["b2"][:, :, None])
+        a_w = torch.sigmoid(torch.einsum("bkml,kcm->bkcl", y[..., H:], f["w3"]) + f["b3"][:, :, None])
+        pooled = a_h.mean(3) * a_w.mean(3)             # GAP(a_h ⊗ a_w), separable
+        s = torch.sigmoid(torch.einsum("bkj,kcj->bkc", torch.relu(torch.einsum("bkc,kjc->bkj", pooled, f["s1"])),
+                                       f["s2"]))
+        maps = a_h.unsqueeze(4) * (a_w * s.unsqueeze(3)).unsqueeze(3)  # B×K×C×H×W
+        fused = maps.amax(dim=1)
+        out = torch.einsum("bcp,cp->bc", (x * fused).flatten(2), f["kl"]) + f["bl"]
+        logits = torch.addmm(f["bfc"], out, f["wfc"].t())
+        return logits, x, list(maps.unbind(1))
+
+    def reference(self, modules, x):
+        ela, *rest = modules
+        heads, linear, fc = rest[:self.num_heads], rest[-2], rest[-1]
+        x = ela(x)
+        maps = [h(x) for h in heads]
+        m = maps[0]
+        for other in maps[1:]:
+            m = torch.max(m, other)
+        return fc(linear(x * m).flatten(1))
+
+    def install(self, model):
+        self.rebind(model, _mhan_forward, f"{model._get_name()}[ferfuse]")
+        for name, module in self.covered.items():
+            if name.startswith("cat_head") or name == "ela":
+                self.rebind(module, None, f"{module._get_name()}[fused: {self.pattern}]")
+
+
+def _mhan_forward(self, x):
+    unit = unit_of(self)
+    if not unit.active(self) or (torch.is_grad_enabled() and x.requires_grad):
+        return original_forward(self, x)
+    return unit.forward(self.features(x))
+
+
+class MHANPattern:
+    name = "mhan_attention"
+
+    def find(self, model: nn.Module, claimed: set[str], **kw):
+        heads = {n: m for n, m in model.named_children() if hasattr(m, "SEDDAHead") and not is_claimed(n, claimed)}
+        if not heads:
+            return []
+        reasons = {n: head_reason(m) for n, m in heads.items()}
+        skips = [Skip(self.name, n, r) for n, r in reasons.items() if r]
+        if skips:
+            return skips
+        ela, linear, fc = getattr(model, "ela", None), getattr(model, "Linear", None), getattr(model, "fc", None)
+        c = next(iter(heads.values())).SEDDAHead.Linear_h.conv.in_channels
+        size = next(iter(heads.values())).SEDDAHead.Linear_h.conv.kernel_size[1]
+        reason = (
+            ("the model has no `features` trunk" if not isinstance(getattr(model, "features", None), nn.Module) else None)
+            or ("no `ela`" if ela is None else ela_reason(ela))
+            or ("no `Linear` block" if linear is None else _linear_block_reason(linear, "Linear", c, (size, size)))
+            or (None if isinstance(fc, nn.Linear) and fc.in_features == c else f"no `fc` Linear({c}, classes)")
+            or (f"num_head is {model.num_head} but {len(heads)} heads were found"
+                if getattr(model, "num_head", len(heads)) != len(heads) else None))
+        if reason:
+            return [Skip(self.name, ", ".join(heads), reason)]
+        return [FusedMHAN(ela, heads, linear, fc, **kw)]

@@ -1,0 +1,80 @@
+"""optimize() on MACA-Net, MHAN and HAFEM: logits within 1e-5 relative of a float64 reference
+(torch backend, fp32), the report naming what was fused; MACA-Net's Triton path within 1e-4."""
+import copy
+
+import pytest
+import torch
+
+import ferfuse
+from ferfuse import models
+from ferfuse.kernels.compat import triton_runs_on
+from ferfuse.models import randomize_batchnorm
+from helpers import SHARED, assert_close
+
+EXPECTED = {
+    "maca_net": ("maca_heads", ["cat_head0", "cat_head1", "cat_head2", "cat_head3", "fc", "bn"]),
+    "mhan": ("mhan_attention", ["ela", "cat_head0", "cat_head1", "Linear", "fc"]),
+    "hafem": ("cbam", ["cbam"]),
+}
+
+
+def _reference_logits(model, x):
+    ref = copy.deepcopy(model).double()
+    ferfuse.revert(ref)
+    with torch.no_grad():
+        return ref(x.double())[0]
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_torch_backend_matches_float64(name, gen):
+    torch.manual_seed(0)
+    model = randomize_batchnorm(models.get(name), seed=4).eval()
+    x = torch.randn(3, *model.input_size, generator=gen)
+    ref = _reference_logits(model, x)
+    model.optimize(backend="torch")
+    rep = ferfuse.report(model)
+    pattern, modules = EXPECTED[name]
+    assert [e.modules for e in rep.fused if e.pattern == pattern] == [modules], str(rep)
+    assert pattern not in [e.pattern for e, _ in rep.reverted]
+    assert any(e.pattern == "conv_bn" for e in rep.fused)  # the trunk's BNs are folded too
+    with torch.no_grad():
+        logits = model(x)[0]
+    assert_close(logits, ref, 1e-5, f"{name} logits")
+    if name == "hafem":
+        assert any("TransformerEncoderLayer" in n for n in rep.notes)
+
+
+def test_optimized_mhan_keeps_the_upstream_outputs():
+    golden = SHARED / "spec" / "golden" / "mhan_7cls_2heads.pth"
+    if not golden.exists():
+        pytest.skip("../shared/spec/golden is not beside this checkout")
+    data = torch.load(golden, weights_only=True)
+    model = models.mhan().eval()
+    model.load_state_dict(data["model_state_dict"])
+    model.optimize()
+    with torch.no_grad():
+        logits, after_ela, heads = model(data["input"])
+    assert_close(logits, data["logits"], 1e-5, "logits")
+    assert_close(after_ela, data["features_after_ela"], 1e-5, "features after ELA")
+    assert_close(torch.stack(heads, 1), data["heads"], 1e-5, "head maps")
+
+
+def test_mhan_heads_reject_a_wrong_spatial_size():
+    model = models.mhan().eval().optimize(verify=False)
+    with pytest.raises(ValueError, match=r"112×112"):
+        with torch.no_grad():
+            model(torch.randn(1, 3, 224, 224))
+
+
+@pytest.mark.skipif(not triton_runs_on(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
+                    reason="needs a GPU or TRITON_INTERPRET=1")
+def test_maca_triton_backend_matches_float64(gen):
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = randomize_batchnorm(models.maca_net(num_heads=2), seed=5).eval().to(device)
+    x = torch.randn(2, 3, 224, 224, generator=gen).to(device)
+    ref = _reference_logits(model, x)
+    model.optimize(backend="triton", example_inputs=x)
+    rep = ferfuse.report(model)
+    assert "maca_heads" in [e.pattern for e in rep.fused], str(rep)
+    with torch.no_grad():
+        assert_close(model(x)[0].cpu(), ref.cpu(), 1e-4, "logits")
