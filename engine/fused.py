@@ -56,7 +56,9 @@ class FusedUnit:
         with _FOLD_LOCK:
             if self._cache is None or self._cache[0] != key:
                 with torch.no_grad():
-                    weights = self.fold(device)
+                    # detached: `.to()` of an unchanged parameter returns the parameter itself
+                    weights = {k: v.detach() if isinstance(v, torch.Tensor) else v
+                               for k, v in self.fold(device).items()}
                 self._cache = (key, weights)
             return self._cache[1]
 

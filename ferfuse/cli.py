@@ -1,4 +1,4 @@
-"""The `ferfuse` command: demo, env (and the bench, flops and export-onnx commands)."""
+"""The `ferfuse` command: demo, bench, flops, export-onnx, env."""
 import argparse
 import statistics
 import sys
@@ -49,6 +49,71 @@ def demo(args) -> int:
     return 0
 
 
+def bench(args) -> int:
+    """Run the latency suite through pytest-benchmark, write its JSON, print the table."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    import pytest
+
+    from ferfuse.bench import report as bench_report
+
+    if args.plot:
+        rows = bench_report.load_rows(args.plot)
+        out = args.output or str(Path(args.plot).with_suffix(".png"))
+        print(f"wrote {bench_report.plot(rows, out)}")
+        return 0
+    import ferfuse.bench
+
+    suite = Path(ferfuse.bench.__file__).parent / "test_latency.py"
+    json_path = args.json or os.path.join(tempfile.mkdtemp(prefix="ferfuse-bench-"), "bench.json")
+    pytest_args = [str(suite), "-p", "no:cacheprovider", "-v", "--benchmark-enable", "--benchmark-only",
+                   f"--benchmark-json={json_path}", "--benchmark-columns=median,iqr,rounds",
+                   f"--bench-device={args.device}", f"--bench-models={','.join(args.model)}",
+                   f"--bench-batches={','.join(map(str, args.batch))}", f"--bench-dtypes={','.join(args.dtype)}",
+                   f"--bench-providers={','.join(args.providers) if args.providers else 'all'}"]
+    if args.quick:
+        pytest_args.append("--bench-quick")
+    code = pytest.main(pytest_args)
+    if code not in (0, 5):
+        return int(code)
+    print(bench_report.table(bench_report.load_rows(json_path)))
+    print(f"\nJSON: {json_path}")
+    return 0
+
+
+def flops(args) -> int:
+    import json
+
+    from ferfuse.bench.flops import flops_report, format_report
+
+    rep = flops_report(args.model, args.input_size)
+    if args.json:
+        print(json.dumps({k: ({kk: vv for kk, vv in v.items() if kk != "table"} if isinstance(v, dict) else v)
+                          for k, v in rep.items()}, indent=2))
+    else:
+        print(format_report(rep))
+    return 0
+
+
+def export_onnx(args) -> int:
+    from ferfuse import engine, models
+
+    if args.checkpoint:
+        model = type(models.get(args.model)).from_checkpoint(args.checkpoint)
+    else:
+        torch.manual_seed(0)
+        model = models.randomize_batchnorm(models.get(args.model))
+        print(f"no --checkpoint: exporting {args.model} with seeded random weights")
+    model.eval()
+    if not args.plain:
+        model.optimize()
+        print(engine.report(model))
+    print(engine.export_onnx(model, args.output, opset=args.opset))
+    return 0
+
+
 def env(args) -> int:
     from ferfuse.env import main
 
@@ -65,6 +130,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
     p.set_defaults(func=demo)
+    p = sub.add_parser("bench", help="latency suite against eager, torch.compile, ONNX Runtime (pytest-benchmark)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--model", nargs="+", default=["dan"])
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--dtype", nargs="+", default=["fp32"], choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--providers", nargs="+", default=None, help="default: every provider available")
+    p.add_argument("--quick", action="store_true", help="fewer rounds per case")
+    p.add_argument("--json", default=None, help="where to write pytest-benchmark's JSON")
+    p.add_argument("--plot", default=None, metavar="JSON", help="draw latency against batch from a JSON")
+    p.add_argument("--output", default=None, help="PNG path for --plot")
+    p.set_defaults(func=bench)
+    p = sub.add_parser("flops", help="parameters and multiply-adds (fvcore), reference and optimised")
+    p.add_argument("--model", default="dan")
+    p.add_argument("--input-size", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=flops)
+    p = sub.add_parser("export-onnx", help="export an optimised model to ONNX, checked with ONNX Runtime")
+    p.add_argument("--model", default="dan")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--plain", action="store_true", help="export the model without optimising it")
+    p.add_argument("--opset", type=int, default=None)
+    p.add_argument("output")
+    p.set_defaults(func=export_onnx)
     p = sub.add_parser("env", help="versions and backends, for bug reports")
     p.set_defaults(func=env)
     return parser

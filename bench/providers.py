@@ -1,0 +1,74 @@
+"""The peers a benchmark compares, each built from the same seeded model: a provider takes
+(model, example input, device, dtype) and returns a callable that runs one forward.
+
+eager, torch.compile (default mode), torch.compile-max-autotune, torch.compile-freezing (CPU:
+inductor with frozen weights, the CPU peer of engine.md), onnxruntime (CPU, or CUDA when its
+provider is installed), ferfuse-torch, ferfuse-triton (CUDA)."""
+import os
+import tempfile
+
+import torch
+
+PROVIDERS = ["eager", "torch.compile", "torch.compile-max-autotune", "torch.compile-freezing", "onnxruntime",
+             "ferfuse-torch", "ferfuse-triton"]
+
+
+def available(provider: str, device: str) -> str | None:
+    """None when `provider` can run on `device` here, else the reason it cannot."""
+    if provider == "ferfuse-triton" and device != "cuda":
+        return "ferfuse-triton times Triton kernels on a GPU (on CPU they only run under the interpreter)"
+    if provider == "torch.compile-freezing" and device != "cpu":
+        return "freezing is the CPU inductor peer"
+    if provider == "onnxruntime":
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return "onnxruntime is not installed"
+        if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            return "onnxruntime has no CUDA execution provider here"
+    return None
+
+
+def build(provider: str, model: torch.nn.Module, example: torch.Tensor, device: str, dtype: torch.dtype):
+    """A no-grad callable running `model` through `provider`; the model is already on `device`."""
+    if provider == "eager":
+        return _no_grad(model if dtype == torch.float32 else model.to(dtype))
+    if provider.startswith("torch.compile"):
+        torch._dynamo.reset()
+        if provider == "torch.compile-freezing":
+            import torch._inductor.config as inductor_config
+            inductor_config.freezing = True
+        mode = "max-autotune" if provider.endswith("max-autotune") else None
+        compiled = torch.compile(model.to(dtype), mode=mode)
+        return _no_grad(compiled)
+    if provider == "onnxruntime":
+        return _onnxruntime(model, example, device)
+    if provider in ("ferfuse-torch", "ferfuse-triton"):
+        precision = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+        model.optimize(backend=provider.removeprefix("ferfuse-"), precision=precision, example_inputs=example)
+        return _no_grad(model)
+    raise ValueError(f"unknown provider {provider!r}; known: {PROVIDERS}")
+
+
+def _no_grad(fn):
+    def run(x):
+        with torch.no_grad():
+            return fn(x)
+    return run
+
+
+def _onnxruntime(model, example, device):
+    import onnxruntime as ort
+
+    path = os.path.join(tempfile.mkdtemp(prefix="ferfuse-bench-"), "model.onnx")
+    from ferfuse.engine.export import export_onnx
+    export_onnx(model, path, example_inputs=example, verify=False)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    session = ort.InferenceSession(path, options, providers=providers)
+    name = session.get_inputs()[0].name
+
+    def run(x):
+        return session.run(None, {name: x.detach().cpu().numpy()})[0]
+    return run
