@@ -14,6 +14,18 @@ import torch.nn as nn
 
 _FOLD_LOCK = threading.RLock()  # folded caches are built once, even when threads race to the first call
 UNIT_ATTR = "_ferfuse_unit"
+_CALL = threading.local()  # per-thread: `original` is set while one call must take the original path
+
+
+class original_path:
+    """Within this context, in this thread only, every fused unit runs its original modules."""
+
+    def __enter__(self):
+        self.before = getattr(_CALL, "original", False)
+        _CALL.original = True
+
+    def __exit__(self, *exc):
+        _CALL.original = self.before
 
 
 class FusedUnit:
@@ -88,7 +100,7 @@ class FusedUnit:
     def active(self, module: nn.Module) -> bool:
         """The fused path runs in eval mode only; training (and autograd through the input)
         takes the original modules."""
-        return self.enabled and not module.training
+        return self.enabled and not module.training and not getattr(_CALL, "original", False)
 
     def names(self) -> list[str]:
         return list(self.covered)

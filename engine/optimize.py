@@ -9,6 +9,7 @@ import torch.nn as nn
 from ..kernels.compat import INTERPRET
 from .executors import onednn_available
 from .fused import FusedUnit
+from .guard import InputGuard
 from .patterns import Skip, all_patterns
 from .report import FusedEntry, Report
 from .verify import TOLERANCES, capture_inputs, errors, first_tensor, top1_agreement
@@ -21,6 +22,7 @@ _PRECISIONS = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float
 class EngineState:
     units: list[FusedUnit]
     report: Report
+    guard: InputGuard | None = None
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -96,6 +98,8 @@ def revert(model: nn.Module) -> nn.Module:
     """Restore the original forward of every module optimize() touched."""
     state = model.__dict__.pop(STATE_ATTR, None)
     if state is not None:
+        if state.guard is not None:
+            state.guard.uninstall(model)
         for unit in state.units:
             unit.uninstall()
     return model
@@ -128,7 +132,12 @@ def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32"
     rep = Report(type(model).__name__, backend, precision, str(device))
     executor = resolve_executor(executor, device, backend, dtype, rep)
     rep.executor = executor
+    if executor == "onednn":
+        rep.notes.append("inputs holding NaN or Inf run the original forward (oneDNN's fused ReLU would map "
+                         "NaN to 0); finite inputs run fused")
     reference = copy.deepcopy(model).double().eval() if verify else None
+    # built before anything is swapped: its dry runs use the original forward
+    guard = InputGuard(model, device, nonfinite_to_original=executor == "onednn")
 
     units, claimed = [], set()
     for pattern in all_patterns():
@@ -150,6 +159,9 @@ def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32"
                              "(scaled_dot_product_attention), not fused by ferfuse")
     state = EngineState(units, rep)
     model.__dict__[STATE_ATTR] = state
+    if units:
+        guard.install(model)  # outermost: checks run before any fused unit launches a kernel
+        state.guard = guard
     if not units:
         warnings.warn(f"ferfuse.optimize: nothing in {type(model).__name__} matched a fusable structure; "
                       f"the model runs unchanged ({len(rep.skipped)} candidates skipped, see report(model))",
@@ -159,6 +171,18 @@ def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32"
         _verify(model, reference, state, entries, example_inputs, device, strict)
     rep.fused = [entries[id(u)] for u in state.units]
     return model
+
+
+def _uninstall_unit(model, state: EngineState, unit: FusedUnit):
+    """Take one unit out; the guard, which wraps the root's forward, is re-wrapped around what is left."""
+    if state.guard is not None:
+        state.guard.uninstall(model)
+    unit.uninstall()
+    state.units.remove(unit)
+    if state.guard is not None and state.units:
+        state.guard.install(model)
+    elif state.guard is not None:
+        state.guard = None
 
 
 def _run_eval(model, inputs):
@@ -202,8 +226,7 @@ def _verify(model, reference, state: EngineState, entries, example_inputs, devic
             if strict:
                 revert(model)
                 raise RuntimeError(f"ferfuse.optimize(strict=True): {unit.pattern} {', '.join(unit.names())}: {why}")
-            unit.uninstall()
-            state.units.remove(unit)
+            _uninstall_unit(model, state, unit)
             rep.reverted.append((entry, why))
 
     logits = first_tensor(_run_eval(model, example_inputs))
@@ -216,8 +239,7 @@ def _verify(model, reference, state: EngineState, entries, example_inputs, devic
         if strict:
             revert(model)
             raise RuntimeError(f"ferfuse.optimize(strict=True): {why}")
-        for unit in state.units:
-            unit.uninstall()
+        for unit in list(state.units):
+            _uninstall_unit(model, state, unit)
             rep.reverted.append((entries[id(unit)], why))
-        state.units.clear()
         rep.notes.append(f"every fused unit was reverted: {why}; the model runs its original forward")

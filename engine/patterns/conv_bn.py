@@ -45,7 +45,7 @@ class FoldedConvBN(FusedUnit):
             self.rebind(self.act_module, _pass_through, f"{self.act_module._get_name()}[fused into conv]")
 
     def active(self, module=None):
-        return self.enabled and not any(m.training for m in self.covered.values())
+        return super().active(self.conv) and not self.bn.training
 
 
 _FUSABLE_ACTIVATIONS = {nn.ReLU: "relu", nn.SiLU: "silu", nn.Sigmoid: "sigmoid"}

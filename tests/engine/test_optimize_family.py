@@ -61,9 +61,12 @@ def test_optimized_mhan_keeps_the_upstream_outputs():
 
 def test_mhan_heads_reject_a_wrong_spatial_size():
     model = models.mhan().eval().optimize(verify=False)
-    with pytest.raises(ValueError, match=r"112×112"):
+    with pytest.raises(ValueError, match=r"224×224 cannot pass through MHAN"):  # the model's guard
         with torch.no_grad():
             model(torch.randn(1, 3, 224, 224))
+    from ferfuse.engine.fused import unit_of
+    with pytest.raises(ValueError, match=r"112×112"):  # the fused unit's own check, called directly
+        unit_of(model).forward(torch.randn(1, 512, 14, 14))
 
 
 @pytest.mark.skipif(not triton_runs_on(torch.device("cuda" if torch.cuda.is_available() else "cpu")),

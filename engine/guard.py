@@ -1,0 +1,76 @@
+"""Input checks in front of an optimised model: a clear ValueError/TypeError naming what was
+expected and what came, raised before any kernel launches.
+
+Expectations come from the model's own structure: channels from its first convolution (or the
+heads' channels when the trunk has none), the device and dtype family from its weights, and the
+spatial sizes it can take from a shape-only run of the original forward on the `meta` device
+(cached per input shape, so each new shape costs one dry run)."""
+import copy
+import types
+
+import torch
+import torch.nn as nn
+
+from .fused import original_path
+
+GUARD_ATTR = "_ferfuse_guard"
+
+
+class InputGuard:
+    def __init__(self, model: nn.Module, device: torch.device, nonfinite_to_original: bool = False):
+        first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
+        self.channels = first.in_channels if isinstance(first, nn.Conv2d) else None
+        self.device = device
+        self.dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        self.meta = copy.deepcopy(model).to("meta")  # the original forward, shapes only
+        self.known_shapes: set[tuple] = set()
+        self.previous_forward = None
+        # oneDNN's fused ReLU maps NaN to 0: such inputs take the original path to propagate exactly
+        self.nonfinite_to_original = nonfinite_to_original
+
+    @torch.compiler.disable
+    def check(self, x):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"expected an image batch tensor B×{self.channels or 'C'}×H×W, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"expected a 4-D image batch B×{self.channels or 'C'}×H×W, got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"expected a floating-point image batch (float32, float16, bfloat16), got {x.dtype}")
+        if x.dtype != self.dtype:
+            raise TypeError(f"expected {self.dtype} input (the dtype of the model's weights), got {x.dtype}")
+        if self.channels is not None and x.shape[1] != self.channels:
+            raise ValueError(f"expected {self.channels} input channels (the model's first convolution), "
+                             f"got {x.shape[1]} in shape {tuple(x.shape)}")
+        if x.device != self.device and not (x.device.type == self.device.type == "cuda" and self.device.index is None):
+            raise ValueError(f"the model's weights are on {self.device}, the input is on {x.device}")
+        shape = tuple(x.shape[1:])
+        if shape not in self.known_shapes:
+            try:
+                with torch.no_grad():
+                    self.meta(torch.empty((1, *shape), device="meta", dtype=x.dtype))
+            except (RuntimeError, ValueError) as err:
+                raise ValueError(f"an input of spatial size {shape[1]}×{shape[2]} cannot pass through "
+                                 f"{type(self.meta).__name__}: {str(err).splitlines()[0]}") from None
+            self.known_shapes.add(shape)
+
+    def install(self, model: nn.Module):
+        self.previous_forward = model.__dict__.get("forward")
+        model.__dict__[GUARD_ATTR] = self
+        model.forward = types.MethodType(_guarded_forward, model)
+
+    def uninstall(self, model: nn.Module):
+        model.__dict__.pop(GUARD_ATTR, None)
+        model.__dict__.pop("forward", None)
+        if self.previous_forward is not None:
+            model.forward = self.previous_forward
+
+
+def _guarded_forward(self, x, *args, **kwargs):
+    guard = self.__dict__[GUARD_ATTR]
+    inner = guard.previous_forward
+    if not self.training and not torch.jit.is_tracing():  # a trace (ONNX export) records no checks
+        guard.check(x)
+        if guard.nonfinite_to_original and not bool(torch.isfinite(x).all()):
+            with original_path():
+                return inner(x, *args, **kwargs) if inner is not None else type(self).forward(self, x, *args, **kwargs)
+    return inner(x, *args, **kwargs) if inner is not None else type(self).forward(self, x, *args, **kwargs)

@@ -1,0 +1,61 @@
+"""The `ferfuse` command: flops (the acceptance figures), export-onnx, bench's table and plot, env."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ferfuse.bench.flops import flops_report
+from ferfuse.bench.report import load_rows, plot, table
+
+
+def _ferfuse(*args, timeout=600):
+    proc = subprocess.run([sys.executable, "-m", "ferfuse", *args], capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_flops_reproduces_the_dan_paper_figures():
+    rep = json.loads(_ferfuse("flops", "--model", "dan", "--json"))
+    assert rep["reference"]["params"] == 19_723_733
+    assert round(rep["reference"]["flops"] / 1e9, 4) == 2.2305          # DAN Table 6: 2.23 GFLOPs
+    assert 2.06e9 < rep["optimized"]["flops"] < 2.08e9                  # BN folded, branches merged
+    # the fused ops are counted through their handles, not skipped
+    assert not any(op.startswith("ferfuse::") for op in rep["optimized"]["unsupported_ops"])
+    assert rep["reference"]["by_module"]["features"] == pytest.approx(1.8185e9, rel=1e-4)
+
+
+@pytest.mark.parametrize("name", ["maca_net", "mhan", "hafem"])
+def test_flops_works_for_every_registry_model(name):
+    rep = flops_report(name)
+    assert rep["optimized"]["flops"] < rep["reference"]["flops"]
+    assert not any(op.startswith("ferfuse::") for op in rep["optimized"]["unsupported_ops"])
+
+
+def test_flops_text_report():
+    out = _ferfuse("flops", "--model", "dan")
+    assert "19,723,733" in out and "2.2305 G" in out and "2.0707 G" in out
+
+
+def test_export_onnx_command(tmp_path):
+    out = _ferfuse("export-onnx", "--model", "dan", str(tmp_path / "dan.onnx"))
+    assert "onnxruntime vs PyTorch at batch 1" in out and "at batch 5" in out
+    assert (tmp_path / "dan.onnx").stat().st_size > 1_000_000
+
+
+def test_bench_command_writes_rows_table_and_plot(tmp_path):
+    out = _ferfuse("bench", "--device", "cpu", "--model", "dan", "--batch", "1", "--quick",
+                   "--providers", "eager", "ferfuse-torch", "--json", str(tmp_path / "b.json"))
+    rows = load_rows(tmp_path / "b.json")
+    assert {r["provider"] for r in rows} == {"eager", "ferfuse-torch"}
+    for r in rows:
+        assert {"model", "provider", "batch", "dtype", "device", "device_name", "torch", "triton"} <= set(r)
+    assert "ferfuse speed-up" in out and "images/s" in out
+    assert "eager" in table(rows)
+    png = plot(rows, str(tmp_path / "b.png"))
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_env_command():
+    out = _ferfuse("env")
+    assert "torch" in out and "triton" in out and "onednn" in out
