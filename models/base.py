@@ -25,8 +25,17 @@ class FERModel(nn.Module):
 
     @classmethod
     def config_from_state_dict(cls, state: dict[str, torch.Tensor]) -> dict:
-        """Constructor arguments that a state_dict implies (classes, heads); overridden per model."""
-        return {}
+        """Constructor arguments that a state_dict implies: heads and classes for the multi-head
+        networks; overridden where a model has other arguments."""
+        return cls.heads_and_classes(state)
+
+    @staticmethod
+    def heads_and_classes(state: dict[str, torch.Tensor]) -> dict:
+        """`num_heads` from the `cat_head<i>` keys and `num_classes` from `fc.weight`."""
+        config = {"num_heads": len({k.split(".")[0] for k in state if k.startswith("cat_head")})}
+        if "fc.weight" in state:
+            config["num_classes"] = state["fc.weight"].shape[0]
+        return config
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, **kwargs):

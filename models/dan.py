@@ -53,6 +53,23 @@ class ChannelAttention(nn.Module):
         return sa * y
 
 
+def init_head_weights(head: nn.Module):
+    """DAN's head initialisation: convs kaiming_normal (fan_out) with zero bias, BatchNorm2d
+    weight 1 and bias 0, Linear normal(std=0.001) with zero bias."""
+    for m in head.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                nn.init.constant_(m.bias, 0)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.001)
+            if m.bias is not None:
+                nn.init.constant_(m.bias, 0)
+
+
 class CrossAttentionHead(nn.Module):
     def __init__(self, channels: int = 512):
         super().__init__()
@@ -61,18 +78,7 @@ class CrossAttentionHead(nn.Module):
         self.init_weights()
 
     def init_weights(self):
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.constant_(m.bias, 0)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, std=0.001)
-                if m.bias is not None:
-                    nn.init.constant_(m.bias, 0)
+        init_head_weights(self)
 
     def forward(self, x):
         return self.ca(self.sa(x))
@@ -96,14 +102,6 @@ class DAN(FERModel):
         self.sig = nn.Sigmoid()  # built but unused upstream; kept for fidelity (no parameters)
         self.fc = nn.Linear(512, num_classes)
         self.bn = nn.BatchNorm1d(num_classes)
-
-    @classmethod
-    def config_from_state_dict(cls, state):
-        heads = {k.split(".")[0] for k in state if k.startswith("cat_head")}
-        config = {"num_heads": len(heads)}
-        if "fc.weight" in state:
-            config["num_classes"] = state["fc.weight"].shape[0]
-        return config
 
     def forward(self, x):
         x = self.features(x)

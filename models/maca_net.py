@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torchvision.models import resnet34
 
 from .base import FERModel
-from .dan import _conv_bn
+from .dan import _conv_bn, init_head_weights
 from .registry import register
 
 
@@ -69,17 +69,7 @@ class MACAHead(nn.Module):
         self.sa = MACASpatialAttention(channels, config=config)
         self.ca = MACAChannelAttention(channels)
         self.fuse = nn.Conv2d(2 * channels, channels, kernel_size=1, bias=config.fuse_bias)
-        for m in self.modules():  # DAN's head initialisation
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.constant_(m.bias, 0)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, std=0.001)
-                nn.init.constant_(m.bias, 0)
+        init_head_weights(self)  # DAN's head initialisation
 
     def forward(self, x):
         out = self.fuse(torch.cat([self.sa(x), self.ca(x)], dim=1))
@@ -102,12 +92,8 @@ class MACANet(FERModel):
 
     @classmethod
     def config_from_state_dict(cls, state):
-        heads = {k.split(".")[0] for k in state if k.startswith("cat_head")}
-        config = {"num_heads": len(heads), "config": MACAConfig(
+        return {**FERModel.heads_and_classes(state), "config": MACAConfig(
             fuse_bias="cat_head0.fuse.bias" in state, logits_bn="bn.weight" in state)}
-        if "fc.weight" in state:
-            config["num_classes"] = state["fc.weight"].shape[0]
-        return config
 
     def forward(self, x):
         x = self.features(x)

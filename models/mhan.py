@@ -85,14 +85,6 @@ class MHAN(FERModel):
         self.fc = nn.Linear(512, num_classes)
         self.bn = nn.BatchNorm1d(num_classes)  # built upstream, never used by forward
 
-    @classmethod
-    def config_from_state_dict(cls, state):
-        heads = {k.split(".")[0] for k in state if k.startswith("cat_head")}
-        config = {"num_heads": len(heads)}
-        if "fc.weight" in state:
-            config["num_classes"] = state["fc.weight"].shape[0]
-        return config
-
     def forward(self, x):
         x = self.ela(self.features(x))
         heads = [getattr(self, f"cat_head{i}")(x) for i in range(self.num_head)]

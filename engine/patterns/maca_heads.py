@@ -13,11 +13,10 @@ import torch
 import torch.nn as nn
 
 from ..algebra import layer_bias
-from ..fused import FusedUnit
 from . import Skip
-from .dan_heads import _dan_forward, find_heads, model_reason
-from .spatial_unit import (classifier_reason, fold_classifier, fold_se_mlps, fold_spatial_units, se_gates,
-                           se_mlp_reason, spatial_maps, spatial_unit_reason)
+from .dan_heads import FusedDANHeads, find_heads, model_reason
+from .spatial_unit import (fold_classifier, fold_se_mlps, fold_spatial_units, se_gates, se_mlp_reason,
+                           spatial_maps, spatial_unit_reason)
 
 
 def head_reason(head: nn.Module) -> str | None:
@@ -39,15 +38,10 @@ def head_reason(head: nn.Module) -> str | None:
     return se_mlp_reason(getattr(ca, "attention", None), c, "ca.attention")
 
 
-class FusedMACAHeads(FusedUnit):
-    pattern = "maca_heads"
+class FusedMACAHeads(FusedDANHeads):
+    """DAN's unit with the gate and the in-head fusion conv: same coverage, reference and install."""
 
-    def __init__(self, heads, fc, bn, **kw):
-        super().__init__({**heads, "fc": fc, **({"bn": bn} if bn is not None else {})}, **kw)
-        self.heads = list(heads.values())
-        self.num_heads = len(self.heads)
-        self.fc, self.bn = fc, bn
-        self.channels = self.heads[0].sa.conv1x1[0].in_channels
+    pattern = "maca_heads"
 
     def fold(self, device):
         c, f32 = self.channels, torch.float32
@@ -77,19 +71,6 @@ class FusedMACAHeads(FusedUnit):
             heads = torch.log_softmax(heads, dim=1)
         logits = torch.addmm(f["bfc"], heads.sum(1), f["wfc"].t())
         return logits.to(x.dtype), heads.to(x.dtype)
-
-    def reference(self, modules, x):
-        k = self.num_heads
-        heads = torch.stack([m(x) for m in modules[:k]], dim=1)
-        if k > 1:
-            heads = torch.log_softmax(heads, dim=1)
-        out = modules[k](heads.sum(dim=1))
-        return modules[k + 1](out) if self.bn is not None else out
-
-    def install(self, model):
-        self.rebind(model, _dan_forward, f"{model._get_name()}[ferfuse]")
-        for head in self.heads:
-            self.rebind(head, None, f"{head._get_name()}[fused: {self.pattern}]")
 
 
 class MACAHeadsPattern:
