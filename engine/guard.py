@@ -70,7 +70,9 @@ def _guarded_forward(self, x, *args, **kwargs):
     inner = guard.previous_forward
     if not self.training and not torch.jit.is_tracing():  # a trace (ONNX export) records no checks
         guard.check(x)
-        if guard.nonfinite_to_original and not bool(torch.isfinite(x).all()):
+        # one reduction: any NaN or ±Inf makes the sum non-finite (an overflowing finite sum merely
+        # takes the exact original path too)
+        if guard.nonfinite_to_original and not bool(torch.isfinite(x.sum())):
             with original_path():
                 return inner(x, *args, **kwargs) if inner is not None else type(self).forward(self, x, *args, **kwargs)
     return inner(x, *args, **kwargs) if inner is not None else type(self).forward(self, x, *args, **kwargs)

@@ -130,6 +130,7 @@ def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32"
     backend = resolve_backend(backend, device)
     dtype, allow_tf32 = resolve_precision(precision, device)
     rep = Report(type(model).__name__, backend, precision, str(device))
+    requested_executor = executor
     executor = resolve_executor(executor, device, backend, dtype, rep)
     rep.executor = executor
     if executor == "onednn":
@@ -162,6 +163,9 @@ def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32"
     if units:
         guard.install(model)  # outermost: checks run before any fused unit launches a kernel
         state.guard = guard
+    if units and executor == "onednn" and requested_executor == "auto":
+        example = example_inputs if example_inputs is not None else default_example_inputs(model, device)
+        _choose_executor(model, state, example if isinstance(example, tuple) else (example,))
     if not units:
         warnings.warn(f"ferfuse.optimize: nothing in {type(model).__name__} matched a fusable structure; "
                       f"the model runs unchanged ({len(rep.skipped)} candidates skipped, see report(model))",
@@ -183,6 +187,42 @@ def _uninstall_unit(model, state: EngineState, unit: FusedUnit):
         state.guard.install(model)
     elif state.guard is not None:
         state.guard = None
+
+
+def _set_executor(state: EngineState, executor: str):
+    for unit in state.units:
+        unit.executor = executor
+        unit._cache = None  # folded weights are rebuilt for the new executor
+    if state.guard is not None:
+        state.guard.nonfinite_to_original = executor == "onednn"
+    state.report.executor = executor
+
+
+def _choose_executor(model, state: EngineState, inputs: tuple, runs: int = 3):
+    """oneDNN wins on ResNet-style trunks; on networks of many small ops (MHAN's mixed depthwise
+    convs and coordinate attention) its channels_last layout costs more than it gains. Time both
+    on the example input (first call packs weights, so it is not timed) and keep the faster."""
+    import time
+
+    timings = {}
+    for executor in ("onednn", "aten"):
+        _set_executor(state, executor)
+        _run_eval(model, inputs)
+        samples = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            _run_eval(model, inputs)
+            samples.append(time.perf_counter() - t0)
+        timings[executor] = sorted(samples)[runs // 2] * 1e3
+    best = min(timings, key=timings.get)
+    _set_executor(state, best)
+    rep = state.report
+    rep.notes = [n for n in rep.notes if not n.startswith("inputs holding NaN")]
+    if best == "onednn":
+        rep.notes.append("inputs holding NaN or Inf run the original forward (oneDNN's fused ReLU would map "
+                         "NaN to 0); finite inputs run fused")
+    rep.notes.append(f"convolution executor chosen by timing on {tuple(inputs[0].shape)}: "
+                     + ", ".join(f"{k} {v:.1f} ms" for k, v in timings.items()) + f" -> {best}")
 
 
 def _run_eval(model, inputs):
