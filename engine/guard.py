@@ -22,6 +22,8 @@ class InputGuard:
         self.channels = first.in_channels if isinstance(first, nn.Conv2d) else None
         self.device = device
         self.dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        # one live parameter: `.to()` updates it in place, so a moved model is noticed
+        self.probe = next((p for p in model.parameters() if p.is_floating_point()), None)
         self.meta = copy.deepcopy(model).to("meta")  # the original forward, shapes only
         self.known_shapes: set[tuple] = set()
         self.previous_forward = None
@@ -30,6 +32,9 @@ class InputGuard:
 
     @torch.compiler.disable
     def check(self, x):
+        if self.probe is not None and (self.probe.device != self.device or self.probe.dtype != self.dtype):
+            raise RuntimeError(f"the model moved from {self.device} {self.dtype} to {self.probe.device} "
+                               f"{self.probe.dtype} after optimize(): call optimize() again to rebuild the fused path")
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"expected an image batch tensor B×{self.channels or 'C'}×H×W, got {type(x).__name__}")
         if x.dim() != 4:
@@ -41,7 +46,7 @@ class InputGuard:
         if self.channels is not None and x.shape[1] != self.channels:
             raise ValueError(f"expected {self.channels} input channels (the model's first convolution), "
                              f"got {x.shape[1]} in shape {tuple(x.shape)}")
-        if x.device != self.device and not (x.device.type == self.device.type == "cuda" and self.device.index is None):
+        if x.device != self.device:
             raise ValueError(f"the model's weights are on {self.device}, the input is on {x.device}")
         shape = tuple(x.shape[1:])
         if shape not in self.known_shapes:

@@ -130,3 +130,15 @@ def test_repeated_calls_do_not_grow_memory(gen):
         grown = _rss_bytes() - before
     # noise: allocator pools move by a few MB; a leak of one 64×64 activation per call would be >100 MB
     assert grown < 16 * 2**20, f"resident memory grew by {grown / 2**20:.1f} MiB over 1000 calls"
+
+
+def test_a_model_moved_after_optimize_says_so(gen):
+    model = ferfuse.optimize(randomize_batchnorm(UpstreamDAN(num_head=1)).eval(), verify=False)
+    model.double()
+    with pytest.raises(RuntimeError, match=r"moved from cpu torch.float32 to cpu torch.float64 .* optimize\(\) again"):
+        with torch.no_grad():
+            model(torch.randn(1, 3, 64, 64, dtype=torch.float64))
+    model.float()
+    ferfuse.optimize(model, verify=False)  # re-optimising is the remedy
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64, generator=gen))[0].shape == (1, 7)
