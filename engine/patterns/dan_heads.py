@@ -61,7 +61,7 @@ class FusedDANHeads(FusedUnit):
         xc = x.to(self.dtype)
         maps = spatial_maps(self, f, xc)
         args = (xc, maps, f["a1"], f["c1"], f["a2"], f["c2"], f["wfc"], f["bfc"], self.num_heads > 1)
-        if self.decomposed:
+        if self.decomposed or (self.backend == "torch" and ops.torch_reference_directly(x)):
             logits, heads = head_fusion_reference(*args)
         elif self.backend == "triton" and x.device.type == "cpu":  # the interpreter
             logits, heads = head_fusion_triton(*args, allow_tf32=self.allow_tf32)

@@ -91,7 +91,7 @@ def spatial_maps(unit, f: dict, x: torch.Tensor, gate_w=None, gate_b=None) -> to
             return z.sum(2, dtype=torch.float32)
         return torch.sigmoid(torch.einsum("bkohw,ko->bkhw", z, gate_w) + gate_b.view(1, -1, 1, 1))
     args = (x, f["w1"], f["b1"], f["w3"], f["b3"], gate_w, gate_b)
-    if unit.decomposed:
+    if unit.decomposed or (unit.backend == "torch" and ops.torch_reference_directly(x)):
         return spatial_attention_map_reference(*args)
     if unit.backend == "triton" and not triton_runs_on(x.device):
         raise RuntimeError(f"the triton backend cannot run on {x.device} tensors here "
