@@ -52,14 +52,20 @@ class FusedDANHeads(FusedUnit):
                 **fold_se_mlps([h.ca.attention for h in self.heads], device),
                 **fold_classifier(self.fc, self.bn, device)}
 
-    def forward(self, x):
-        """x: the trunk's B×C×H×W map. Returns (logits, heads) in x's dtype."""
+    def maps(self, x, gated: bool = False):
+        """Check the trunk map, fetch the folded weights, compute the K maps: (f, x in the compute
+        dtype, maps B×K×H×W float32)."""
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(f"the attention heads expect a B×{self.channels}×H×W feature map, "
                              f"got shape {tuple(x.shape)}")
         f = self.folded(x.device)
         xc = x.to(self.dtype)
-        maps = spatial_maps(self, f, xc)
+        gate = (f["gate_w"], f["gate_b"]) if gated else ()
+        return f, xc, spatial_maps(self, f, xc, *gate)
+
+    def forward(self, x):
+        """x: the trunk's B×C×H×W map. Returns (logits, heads) in x's dtype."""
+        f, xc, maps = self.maps(x)
         args = (xc, maps, f["a1"], f["c1"], f["a2"], f["c2"], f["wfc"], f["bfc"], self.num_heads > 1)
         if self.decomposed or (self.backend == "torch" and ops.torch_reference_directly(x)):
             logits, heads = head_fusion_reference(*args)

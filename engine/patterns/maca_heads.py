@@ -15,8 +15,7 @@ import torch.nn as nn
 from ..algebra import layer_bias
 from . import Skip
 from .dan_heads import FusedDANHeads, find_heads, model_reason
-from .spatial_unit import (fold_classifier, fold_se_mlps, fold_spatial_units, se_gates, se_mlp_reason,
-                           spatial_maps, spatial_unit_reason)
+from .spatial_unit import se_gates, se_mlp_reason, spatial_unit_reason
 
 
 def head_reason(head: nn.Module) -> str | None:
@@ -46,21 +45,14 @@ class FusedMACAHeads(FusedDANHeads):
     def fold(self, device):
         c, f32 = self.channels, torch.float32
         fuse_w = torch.stack([h.fuse.weight.double().flatten(1) for h in self.heads])  # K×C×2C
-        return {**fold_spatial_units([h.sa for h in self.heads], device, self.dtype, self.conv_executor(), self.backend),
-                **fold_se_mlps([h.ca.attention for h in self.heads], device),
-                **fold_classifier(self.fc, self.bn, device),
+        return {**super().fold(device),  # spatial units, SE MLPs and classifier as DAN's
                 "gate_w": torch.stack([h.sa.gate[0].weight.double().flatten() for h in self.heads]).to(device, f32),
                 "gate_b": torch.stack([layer_bias(h.sa.gate[0])[0] for h in self.heads]).to(device, f32),
                 "wa": fuse_w[:, :, :c].to(device, f32), "wb": fuse_w[:, :, c:].to(device, f32),
                 "bf": torch.stack([layer_bias(h.fuse) for h in self.heads]).to(device, f32)}
 
     def forward(self, x):
-        if x.dim() != 4 or x.shape[1] != self.channels:
-            raise ValueError(f"the attention heads expect a B×{self.channels}×H×W feature map, "
-                             f"got shape {tuple(x.shape)}")
-        f = self.folded(x.device)
-        xc = x.to(self.dtype)
-        gates = spatial_maps(self, f, xc, f["gate_w"], f["gate_b"])   # B×K×H×W
+        f, xc, gates = self.maps(x, gated=True)  # gates: B×K×H×W
         B, C, H, W = x.shape
         xf = xc.float().reshape(B, C, H * W)
         v_sa = torch.bmm(gates.view(B, self.num_heads, H * W), xf.transpose(1, 2)) / (H * W)
