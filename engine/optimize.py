@@ -105,11 +105,6 @@ def revert(model: nn.Module) -> nn.Module:
     return model
 
 
-def rep_names(rep: Report, name: str) -> list[str]:
-    """Ancestors of `name` already noted as kept on PyTorch (a layer's own attention is not noted twice)."""
-    return [n.split(" ")[0] for n in rep.notes if n.split(" ")[0] != name]
-
-
 def _entry(unit: FusedUnit) -> FusedEntry:
     return FusedEntry(unit.pattern, unit.names(), unit.backend)
 
@@ -153,9 +148,11 @@ def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32"
         unit.install(model)
         if unit.torch_only and backend == "triton":
             rep.notes.append(f"{unit.pattern} ({', '.join(unit.names())}): no Triton kernel yet, runs as torch ops")
+    kept: list[str] = []  # attention left on PyTorch, noted once (not again for a layer's own self_attn)
     for name, module in model.named_modules():
         if isinstance(module, (nn.TransformerEncoderLayer, nn.MultiheadAttention)) and name and \
-                not any(name.startswith(p + ".") for p in rep_names(rep, name)):
+                not any(name.startswith(k + ".") for k in kept):
+            kept.append(name)
             rep.notes.append(f"{name} ({type(module).__name__}): stays on PyTorch's fused attention "
                              "(scaled_dot_product_attention), not fused by ferfuse")
     state = EngineState(units, rep)

@@ -128,12 +128,19 @@ def model_reason(model, heads: dict, channels: int) -> str | None:
 
 class DANHeadsPattern:
     name = "dan_heads"
+    unit_class = FusedDANHeads
+    head_reason = staticmethod(head_reason)
+
+    def applies(self, model: nn.Module) -> bool:
+        return True
 
     def find(self, model: nn.Module, claimed: set[str], **kw):
-        heads, skips = find_heads(model, claimed, self.name, head_reason)
+        if not self.applies(model):
+            return []
+        heads, skips = find_heads(model, claimed, self.name, self.head_reason)
         if not heads:
             return skips
         reason = model_reason(model, heads, next(iter(heads.values())).sa.conv1x1[0].in_channels)
         if reason:
             return [Skip(self.name, ", ".join(heads), reason)]
-        return [FusedDANHeads(heads, model.fc, getattr(model, "bn", None), **kw)]
+        return [self.unit_class(heads, model.fc, getattr(model, "bn", None), **kw)]

@@ -13,8 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..algebra import layer_bias
-from . import Skip
-from .dan_heads import FusedDANHeads, find_heads, model_reason
+from .dan_heads import DANHeadsPattern, FusedDANHeads
 from .spatial_unit import se_gates, se_mlp_reason, spatial_unit_reason
 
 
@@ -65,16 +64,11 @@ class FusedMACAHeads(FusedDANHeads):
         return logits.to(x.dtype), heads.to(x.dtype)
 
 
-class MACAHeadsPattern:
+class MACAHeadsPattern(DANHeadsPattern):
     name = "maca_heads"
+    unit_class = FusedMACAHeads
+    head_reason = staticmethod(head_reason)
 
-    def find(self, model: nn.Module, claimed: set[str], **kw):
-        if not any(hasattr(m, "fuse") for _, m in model.named_children()):
-            return []  # not MACA-structured: leave the candidates to the other head patterns
-        heads, skips = find_heads(model, claimed, self.name, head_reason)
-        if not heads:
-            return skips
-        reason = model_reason(model, heads, next(iter(heads.values())).sa.conv1x1[0].in_channels)
-        if reason:
-            return [Skip(self.name, ", ".join(heads), reason)]
-        return [FusedMACAHeads(heads, model.fc, getattr(model, "bn", None), **kw)]
+    def applies(self, model: nn.Module) -> bool:
+        # not MACA-structured: leave the candidates to the other head patterns
+        return any(hasattr(m, "fuse") for _, m in model.named_children())
