@@ -21,9 +21,9 @@ class InputGuard:
         first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
         self.channels = first.in_channels if isinstance(first, nn.Conv2d) else None
         self.device = device
-        self.dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         # one live parameter: `.to()` updates it in place, so a moved model is noticed
         self.probe = next((p for p in model.parameters() if p.is_floating_point()), None)
+        self.dtype = self.probe.dtype if self.probe is not None else torch.float32
         self.meta = copy.deepcopy(model).to("meta")  # the original forward, shapes only
         self.known_shapes: set[tuple] = set()
         self.previous_forward = None
@@ -72,12 +72,12 @@ class InputGuard:
 
 def _guarded_forward(self, x, *args, **kwargs):
     guard = self.__dict__[GUARD_ATTR]
-    inner = guard.previous_forward
+    inner = guard.previous_forward or types.MethodType(type(self).forward, self)
     if not self.training and not torch.jit.is_tracing():  # a trace (ONNX export) records no checks
         guard.check(x)
         # one reduction: any NaN or ±Inf makes the sum non-finite (an overflowing finite sum merely
         # takes the exact original path too)
         if guard.nonfinite_to_original and not bool(torch.isfinite(x.sum())):
             with original_path():
-                return inner(x, *args, **kwargs) if inner is not None else type(self).forward(self, x, *args, **kwargs)
-    return inner(x, *args, **kwargs) if inner is not None else type(self).forward(self, x, *args, **kwargs)
+                return inner(x, *args, **kwargs)
+    return inner(x, *args, **kwargs)

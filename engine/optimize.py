@@ -128,9 +128,6 @@ def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32"
     requested_executor = executor
     executor = resolve_executor(executor, device, backend, dtype, rep)
     rep.executor = executor
-    if executor == "onednn":
-        rep.notes.append("inputs holding NaN or Inf run the original forward (oneDNN's fused ReLU would map "
-                         "NaN to 0); finite inputs run fused")
     reference = copy.deepcopy(model).double().eval() if verify else None
     # built before anything is swapped: its dry runs use the original forward
     guard = InputGuard(model, device, nonfinite_to_original=executor == "onednn")
@@ -171,6 +168,9 @@ def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32"
     if verify and units:
         _verify(model, reference, state, entries, example_inputs, device, strict)
     rep.fused = [entries[id(u)] for u in state.units]
+    if state.guard is not None and state.guard.nonfinite_to_original:
+        rep.notes.append("inputs holding NaN or Inf run the original forward (oneDNN's fused ReLU would map "
+                         "NaN to 0); finite inputs run fused")
     return model
 
 
@@ -213,12 +213,7 @@ def _choose_executor(model, state: EngineState, inputs: tuple, runs: int = 3):
         timings[executor] = sorted(samples)[runs // 2] * 1e3
     best = min(timings, key=timings.get)
     _set_executor(state, best)
-    rep = state.report
-    rep.notes = [n for n in rep.notes if not n.startswith("inputs holding NaN")]
-    if best == "onednn":
-        rep.notes.append("inputs holding NaN or Inf run the original forward (oneDNN's fused ReLU would map "
-                         "NaN to 0); finite inputs run fused")
-    rep.notes.append(f"convolution executor chosen by timing on {tuple(inputs[0].shape)}: "
+    state.report.notes.append(f"convolution executor chosen by timing on {tuple(inputs[0].shape)}: "
                      + ", ".join(f"{k} {v:.1f} ms" for k, v in timings.items()) + f" -> {best}")
 
 
