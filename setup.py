@@ -22,6 +22,7 @@ setup(
     python_requires=">=3.10",
     packages=list(PACKAGES),
     package_dir=PACKAGES,
+    package_data={"ferfuse.engine": ["winograd.c"]},  # the Winograd transforms, compiled on first use
     # Lower bounds only: GPU machines run torch 2.11 / triton 3.6, development machines 2.14.1.
     install_requires=["torch>=2.4", "torchvision>=0.19", "numpy"],
     extras_require={

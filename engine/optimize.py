@@ -7,12 +7,13 @@ import torch
 import torch.nn as nn
 
 from ..kernels.compat import INTERPRET
-from .executors import onednn_available
+from . import winograd
+from .executors import EXECUTORS, onednn_available
 from .fused import FusedUnit
 from .guard import InputGuard
 from .patterns import Skip, all_patterns
 from .report import FusedEntry, Report
-from .verify import TOLERANCES, capture_inputs, errors, first_tensor, top1_agreement
+from .verify import capture_inputs, errors, first_tensor, top1_agreement, tolerances
 
 STATE_ATTR = "_ferfuse_state"
 _PRECISIONS = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -48,19 +49,25 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 
 def resolve_executor(executor: str, device: torch.device, backend: str, dtype: torch.dtype, rep: Report) -> str:
-    """How folded convolutions run: oneDNN (prepacked, fused epilogues) for fp32 CPU models on the
-    torch backend when this torch build has it, aten ops otherwise (cuDNN on GPU)."""
-    if executor not in ("auto", "onednn", "aten"):
-        raise ValueError(f"executor must be 'auto', 'onednn' or 'aten', got {executor!r}")
+    """How folded convolutions run (engine/executors.py). `auto`: oneDNN for fp32 CPU models on the
+    torch backend when this torch build has it (optimize() then times oneDNN, Winograd and aten on
+    the example input and keeps the fastest), aten ops otherwise (cuDNN on GPU)."""
+    if executor not in ("auto", *EXECUTORS):
+        raise ValueError(f"executor must be 'auto', {', '.join(repr(e) for e in EXECUTORS)}, got {executor!r}")
     fits = device.type == "cpu" and backend == "torch" and dtype == torch.float32
-    if executor == "onednn" and not fits:
-        raise ValueError("executor='onednn' runs fp32 CPU models on the torch backend only")
-    if executor in ("auto", "onednn") and fits:
-        if onednn_available():
-            return "onednn"
-        if executor == "onednn":
-            raise ValueError("executor='onednn': this torch build has no oneDNN convolution ops")
-        rep.notes.append("oneDNN is not available in this torch build: convolutions run as aten ops")
+    if executor in ("onednn", "winograd") and not fits:
+        raise ValueError(f"executor={executor!r} runs fp32 CPU models on the torch backend only")
+    if executor in ("auto", "onednn", "winograd") and fits:
+        if not onednn_available():
+            if executor != "auto":
+                raise ValueError(f"executor={executor!r}: this torch build has no oneDNN convolution ops")
+            rep.notes.append("oneDNN is not available in this torch build: convolutions run as aten ops")
+            return "aten"
+        if executor == "winograd":
+            reason = winograd.unavailable_reason()
+            if reason:
+                raise ValueError(f"executor='winograd': the Winograd transforms cannot be built here: {reason}")
+        return "onednn" if executor == "auto" else executor
     return "aten"
 
 
@@ -130,7 +137,7 @@ def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32"
     rep.executor = executor
     reference = copy.deepcopy(model).double().eval() if verify else None
     # built before anything is swapped: its dry runs use the original forward
-    guard = InputGuard(model, device, nonfinite_to_original=executor == "onednn")
+    guard = InputGuard(model, device, nonfinite_to_original=executor in ("onednn", "winograd"))
 
     units, claimed = [], set()
     for pattern in all_patterns():
@@ -191,18 +198,24 @@ def _set_executor(state: EngineState, executor: str):
         unit.executor = executor
         unit._cache = None  # folded weights are rebuilt for the new executor
     if state.guard is not None:
-        state.guard.nonfinite_to_original = executor == "onednn"
+        state.guard.nonfinite_to_original = executor in ("onednn", "winograd")
     state.report.executor = executor
 
 
 def _choose_executor(model, state: EngineState, inputs: tuple, runs: int = 3):
-    """oneDNN wins on ResNet-style trunks; on networks of many small ops (MHAN's mixed depthwise
-    convs and coordinate attention) its channels_last layout costs more than it gains. Time both
-    on the example input (first call packs weights, so it is not timed) and keep the faster."""
+    """oneDNN wins on ResNet-style trunks, and Winograd on top of it where the 3×3 convolutions
+    see large maps; on networks of many small ops (MHAN's mixed depthwise convs and coordinate
+    attention) the channels_last layout costs more than it gains. Time each on the example input
+    (the first call packs weights, so it is not timed) and keep the fastest."""
     import time
 
+    candidates = ["onednn", "winograd", "aten"]
+    reason = winograd.unavailable_reason()
+    if reason:
+        candidates.remove("winograd")
+        state.report.notes.append(f"Winograd convolutions unavailable ({reason}): not among the executors timed")
     timings = {}
-    for executor in ("onednn", "aten"):
+    for executor in candidates:
         _set_executor(state, executor)
         _run_eval(model, inputs)
         samples = []
@@ -229,7 +242,7 @@ def _run_eval(model, inputs):
 
 def _verify(model, reference, state: EngineState, entries, example_inputs, device, strict):
     rep = state.report
-    op_tol, logit_tol, top1_min = TOLERANCES[(rep.backend, rep.precision)]
+    op_tol, logit_tol, top1_min = tolerances(rep.backend, rep.precision, rep.executor)
     if example_inputs is None:
         example_inputs = default_example_inputs(model, device)
     elif isinstance(example_inputs, torch.Tensor):

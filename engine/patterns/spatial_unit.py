@@ -58,7 +58,7 @@ def se_mlp_reason(att, channels: int, name: str) -> str | None:
 
 def fold_spatial_units(sas, device, dtype, executor: str, backend: str) -> dict:
     """K spatial units → one 1×1 (K·R×C) and K merged 3×3 kernels (K×O×R×3×3), BN folded.
-    On the oneDNN executor they become two prepacked convs (one 1×1, one grouped 3×3 + ReLU)."""
+    On the CPU executors they become two prepacked convs (one 1×1, one grouped 3×3 + ReLU)."""
     w1, b1, w3, b3 = [], [], [], []
     for sa in sas:
         w, b = fold_batchnorm(sa.conv1x1[0].weight, sa.conv1x1[0].bias, sa.conv1x1[1])
@@ -72,10 +72,10 @@ def fold_spatial_units(sas, device, dtype, executor: str, backend: str) -> dict:
     w1, b1, w3, b3 = torch.cat(w1), torch.cat(b1), torch.stack(w3), torch.stack(b3)
     K, O, R = w3.shape[:3]
     f32 = torch.float32
-    if executor == "onednn":
-        return {"conv1x1": ConvRunner(w1.view(K * R, -1, 1, 1).to(device, f32), b1.to(device, f32), "onednn"),
+    if executor in ("onednn", "winograd"):
+        return {"conv1x1": ConvRunner(w1.view(K * R, -1, 1, 1).to(device, f32), b1.to(device, f32), executor),
                 "conv3x3": ConvRunner(w3.reshape(K * O, R, 3, 3).to(device, f32), b3.view(-1).to(device, f32),
-                                      "onednn", padding=(1, 1), groups=K)}
+                                      executor, padding=(1, 1), groups=K)}
     if backend == "triton":
         # tap-major storage (K×3×3×R×O) so a tile of output channels is one coalesced load
         w3 = w3.permute(0, 3, 4, 2, 1).contiguous().permute(0, 4, 3, 1, 2)
@@ -84,7 +84,7 @@ def fold_spatial_units(sas, device, dtype, executor: str, backend: str) -> dict:
 
 def spatial_maps(unit, f: dict, x: torch.Tensor, gate_w=None, gate_b=None) -> torch.Tensor:
     """The K float32 maps (B×K×H×W) on the unit's backend; `f` from fold_spatial_units."""
-    if "conv1x1" in f:  # oneDNN executor (CPU): the same math as spatial_attention_map_reference
+    if "conv1x1" in f:  # oneDNN/Winograd executors (CPU): the same math as spatial_attention_map_reference
         B, _, H, W = x.shape
         z = f["conv3x3"].run(f["conv1x1"].run(x), act="relu").view(B, unit.num_heads, -1, H, W)
         if gate_w is None:

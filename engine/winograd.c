@@ -1,0 +1,130 @@
+/* Winograd F(4x4, 3x3) transforms for stride-1, pad-1 3x3 convolutions on CPU (Lavin & Gray,
+ * "Fast Algorithms for Convolutional Neural Networks", 2016), interpolation points 0, +-1, +-2, inf.
+ *
+ *   Y = A^T [ (G g G^T) (.) (B^T d B) ] A      per 6x6 input tile d, 4x4 output tile Y
+ *
+ * The 36 element-wise products summed over input channels are 36 GEMMs, which ferfuse runs as one
+ * grouped 1x1 convolution on oneDNN (engine/winograd.py); this file holds only the two transforms,
+ * the parts no library exposes. Layouts (all channels-last):
+ *   x: B x H x W x C                  the conv input, zero padding of 1 implied
+ *   v: B x Th x Tw x 36 x C           transformed input tiles (a [B, 36*C, Th, Tw] NHWC tensor)
+ *   m: B x Th x Tw x 36 x K           GEMM output, same layout with K channels
+ *   y: B x H x W x K                  y = act(A^T m A + bias (+ residual))
+ * Channels go in blocks of 16 (one AVX-512 vector of floats; the compiler vectorises the lane
+ * loops), with a scalar tail for channel counts that are not multiples of 16.
+ * No -ffast-math: NaN and Inf propagate as IEEE arithmetic makes them. */
+#include <stdint.h>
+#include <string.h>
+
+#define L 16
+
+#define INLINE static inline __attribute__((always_inline))
+
+/* B^T applied to six columns of 16 lanes: t_u = sum_i BT[u][i] d_i */
+INLINE void bt6(float t[6][L], const float *d0, const float *d1, const float *d2, const float *d3,
+                const float *d4, const float *d5) {
+    for (int l = 0; l < L; l++) {
+        t[0][l] = 4.f * d0[l] - 5.f * d2[l] + d4[l];
+        t[1][l] = -4.f * (d1[l] + d2[l]) + d3[l] + d4[l];
+        t[2][l] = 4.f * (d1[l] - d2[l]) - d3[l] + d4[l];
+        t[3][l] = 2.f * (d3[l] - d1[l]) - d2[l] + d4[l];
+        t[4][l] = 2.f * (d1[l] - d3[l]) - d2[l] + d4[l];
+        t[5][l] = 4.f * d1[l] - 5.f * d3[l] + d5[l];
+    }
+}
+
+/* A^T applied to six columns: o_i = sum_u AT[i][u] m_u */
+INLINE void at6(float o[4][L], const float *m0, const float *m1, const float *m2, const float *m3,
+                const float *m4, const float *m5) {
+    for (int l = 0; l < L; l++) {
+        float s12 = m1[l] + m2[l], d12 = m1[l] - m2[l], s34 = m3[l] + m4[l], d34 = m3[l] - m4[l];
+        o[0][l] = m0[l] + s12 + s34;
+        o[1][l] = d12 + 2.f * d34;
+        o[2][l] = s12 + 4.f * s34;
+        o[3][l] = d12 + 8.f * d34 + m5[l];
+    }
+}
+
+/* `lanes` is the literal L for full blocks (inlined: fixed-size copies become vector moves) */
+INLINE void input_tile(const float *x, float *v, int H, int W, int C, int h0, int w0, int c0, int lanes) {
+    float d[6][6][L], t[6][6][L];  /* d[row][col][lane]; t[u][col][lane] */
+    if (lanes < L) memset(d, 0, sizeof d);  /* the unused lanes of a tail block compute zeros */
+    for (int i = 0; i < 6; i++) {
+        int h = h0 + i;
+        for (int j = 0; j < 6; j++) {
+            int w = w0 + j;
+            if (h >= 0 && h < H && w >= 0 && w < W)
+                memcpy(d[i][j], x + ((int64_t)h * W + w) * C + c0, sizeof(float) * lanes);
+            else
+                memset(d[i][j], 0, sizeof(float) * L);
+        }
+    }
+    for (int j = 0; j < 6; j++) {  /* down the rows: t[.][j] = B^T d[.][j] */
+        float col[6][L];
+        bt6(col, d[0][j], d[1][j], d[2][j], d[3][j], d[4][j], d[5][j]);
+        for (int u = 0; u < 6; u++) memcpy(t[u][j], col[u], sizeof col[u]);
+    }
+    for (int u = 0; u < 6; u++) {  /* along the columns: v[u][.] = t[u][.] B */
+        float out[6][L];
+        bt6(out, t[u][0], t[u][1], t[u][2], t[u][3], t[u][4], t[u][5]);
+        for (int s = 0; s < 6; s++) memcpy(v + (int64_t)(u * 6 + s) * C + c0, out[s], sizeof(float) * lanes);
+    }
+}
+
+void winograd_f43_input(const float *x, float *v, int B, int H, int W, int C, int Th, int Tw, int threads) {
+    int64_t tiles = (int64_t)B * Th * Tw;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t tile = 0; tile < tiles; tile++) {
+        int b = (int)(tile / ((int64_t)Th * Tw)), r = (int)(tile % ((int64_t)Th * Tw));
+        int ty = r / Tw, tx = r % Tw;
+        const float *xb = x + (int64_t)b * H * W * C;
+        float *vt = v + tile * 36 * C;
+        int c0 = 0;
+        for (; c0 + L <= C; c0 += L) input_tile(xb, vt, H, W, C, 4 * ty - 1, 4 * tx - 1, c0, L);
+        if (c0 < C) input_tile(xb, vt, H, W, C, 4 * ty - 1, 4 * tx - 1, c0, C - c0);
+    }
+}
+
+INLINE void output_tile(const float *m, const float *bias, const float *res, float *y, int H, int W, int K,
+                        int h0, int w0, int k0, int lanes, int relu) {
+    float mm[36][L], t[4][6][L];  /* t[i][s] = sum_u AT[i][u] m[u][s] */
+    for (int p = 0; p < 36; p++) {
+        memcpy(mm[p], m + (int64_t)p * K + k0, sizeof(float) * lanes);
+        if (lanes < L) memset(mm[p] + lanes, 0, sizeof(float) * (L - lanes));
+    }
+    for (int s = 0; s < 6; s++) {
+        float out[4][L];
+        at6(out, mm[s], mm[6 + s], mm[12 + s], mm[18 + s], mm[24 + s], mm[30 + s]);
+        for (int i = 0; i < 4; i++) memcpy(t[i][s], out[i], sizeof out[i]);
+    }
+    for (int i = 0; i < 4 && h0 + i < H; i++) {
+        float out[4][L];
+        at6(out, t[i][0], t[i][1], t[i][2], t[i][3], t[i][4], t[i][5]);
+        for (int j = 0; j < 4 && w0 + j < W; j++) {
+            int64_t at = ((int64_t)(h0 + i) * W + w0 + j) * K + k0;
+            float *dst = y + at;
+            for (int l = 0; l < lanes; l++) {
+                float val = out[j][l] + bias[k0 + l];
+                if (res) val += res[at + l];
+                /* NaN-propagating ReLU: a NaN stays NaN, as torch.relu keeps it */
+                dst[l] = (relu && val < 0.f) ? 0.f : val;
+            }
+        }
+    }
+}
+
+void winograd_f43_output(const float *m, const float *bias, const float *res, float *y, int B, int H, int W,
+                         int K, int Th, int Tw, int relu, int threads) {
+    int64_t tiles = (int64_t)B * Th * Tw;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t tile = 0; tile < tiles; tile++) {
+        int b = (int)(tile / ((int64_t)Th * Tw)), r = (int)(tile % ((int64_t)Th * Tw));
+        int ty = r / Tw, tx = r % Tw;
+        int64_t plane = (int64_t)b * H * W * K;
+        const float *mt = m + tile * 36 * K;
+        const float *rp = res ? res + plane : 0;
+        int k0 = 0;
+        for (; k0 + L <= K; k0 += L) output_tile(mt, bias, rp, y + plane, H, W, K, 4 * ty, 4 * tx, k0, L, relu);
+        if (k0 < K) output_tile(mt, bias, rp, y + plane, H, W, K, 4 * ty, 4 * tx, k0, K - k0, relu);
+    }
+}

@@ -1,0 +1,210 @@
+"""Winograd F(4×4, 3×3) for the stride-1 3×3 convolutions of CPU trunks.
+
+A direct 3×3 convolution spends 9 multiply-adds per output and input channel; F(4×4, 3×3) spends
+36 per 4×4 output tile, 2.25 (4× fewer). oneDNN already runs direct convolutions at this machine's
+peak, so fewer multiply-adds is what is left to gain on the ResNet trunks of DAN and MACA-Net
+(engine.md's algebra removes only 7% of DAN's). The pieces:
+
+- the weight transform U = G g Gᵀ, computed once in float64 from the folded weight;
+- the input transform V = Bᵀ d B and output transform Y = Aᵀ M A + bias (+ residual, ReLU): small
+  C loops in winograd.c, built with the system C compiler on first use and cached;
+- the 36 GEMMs M[p] = V[p] U[p]: one grouped 1×1 convolution on oneDNN (groups = 36), which runs
+  them near the machine's peak (MKL's sgemm reaches half of it on this AMD machine).
+
+`winograd_reference` is the same algorithm in plain float64 torch, for the tests. Errors: the
+transforms multiply by up to 8 and the interpolation points ±2 amplify rounding, so fp32 results
+differ from direct convolution by ~1e-6 relative rather than ~1e-7 (measured per layer in
+tests/engine/test_winograd.py; optimize() verifies the whole model against float64).
+"""
+import ctypes
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("winograd.c")
+TILE, ALPHA = 4, 6  # output tile 4×4, input tile 6×6
+
+# Lavin & Gray (2016), F(4, 3) with interpolation points 0, ±1, ±2 and ∞
+BT = torch.tensor([[4, 0, -5, 0, 1, 0],
+                   [0, -4, -4, 1, 1, 0],
+                   [0, 4, -4, -1, 1, 0],
+                   [0, -2, -1, 2, 1, 0],
+                   [0, 2, -1, -2, 1, 0],
+                   [0, 4, 0, -5, 0, 1]], dtype=torch.float64)
+G = torch.tensor([[1 / 4, 0, 0],
+                  [-1 / 6, -1 / 6, -1 / 6],
+                  [-1 / 6, 1 / 6, -1 / 6],
+                  [1 / 24, 1 / 12, 1 / 6],
+                  [1 / 24, -1 / 12, 1 / 6],
+                  [0, 0, 1]], dtype=torch.float64)
+AT = torch.tensor([[1, 1, 1, 1, 1, 0],
+                   [0, 1, -1, 2, -2, 0],
+                   [0, 1, 1, 4, 4, 0],
+                   [0, 1, -1, 8, -8, 1]], dtype=torch.float64)
+
+
+class WinogradUnavailable(RuntimeError):
+    """The transforms could not be built here (no C compiler, a failed build)."""
+
+
+def eligible(weight: torch.Tensor, stride, padding, dilation, groups) -> bool:
+    """A dense 3×3 convolution with stride 1, padding 1 and no dilation: the shape F(4×4, 3×3) covers."""
+    return (weight.dim() == 4 and tuple(weight.shape[2:]) == (3, 3) and groups == 1 and tuple(stride) == (1, 1)
+            and tuple(padding) == (1, 1) and tuple(dilation) == (1, 1))
+
+
+def transform_weight(weight: torch.Tensor) -> torch.Tensor:
+    """U[p] = G g Gᵀ for every (out, in) channel pair, in float64, as the weight of a grouped 1×1
+    convolution: (36·K) × C × 1 × 1, group p holding the K×C matrix of tile position p."""
+    k, c = weight.shape[:2]
+    u = torch.einsum("ui,kcij,vj->uvkc", G, weight.double(), G)
+    return u.reshape(ALPHA * ALPHA * k, c, 1, 1)
+
+
+def tiles(h: int, w: int) -> tuple[int, int]:
+    return -(-h // TILE), -(-w // TILE)
+
+
+def winograd_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The same F(4×4, 3×3) algorithm in plain float64 torch (NCHW): equal to conv2d(x, weight,
+    bias, padding=1) up to rounding; tests use it to check each C transform on its own."""
+    x, weight = x.double(), weight.double()
+    n, c, h, w = x.shape
+    th, tw = tiles(h, w)
+    xp = torch.nn.functional.pad(x, (1, TILE * tw + 1 - w, 1, TILE * th + 1 - h))
+    d = xp.unfold(2, ALPHA, TILE).unfold(3, ALPHA, TILE)  # n, c, th, tw, 6, 6
+    v = torch.einsum("ui,nctwij,vj->nuvtwc", BT, d, BT)
+    u = transform_weight(weight).view(ALPHA, ALPHA, -1, c)
+    m = torch.einsum("nuvtwc,uvkc->nuvtwk", v, u)
+    y = torch.einsum("iu,nuvtwk,jv->nktiwj", AT, m, AT).reshape(n, -1, TILE * th, TILE * tw)[:, :, :h, :w]
+    return y if bias is None else y + bias.double().view(1, -1, 1, 1)
+
+
+# -- the C transforms: built once per machine and source, loaded with ctypes --------------------
+_LOCK = threading.Lock()
+_LIB: ctypes.CDLL | None = None
+_ERROR: str | None = None
+FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-fPIC", "-shared"]
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("FERFUSE_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or
+                                                            os.path.expanduser("~/.cache"), "ferfuse")
+    return Path(root)
+
+
+def _cpu_signature() -> str:
+    # -march=native code is only valid on CPUs with the same instruction sets
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith("flags")), platform.processor())
+    except OSError:
+        return platform.processor() + platform.machine()
+
+
+def _build() -> ctypes.CDLL:
+    cc = os.environ.get("CC", "cc")
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(source + " ".join([cc, *FLAGS, _cpu_signature()]).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"winograd-{key}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        try:
+            done = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+        except OSError as err:
+            os.unlink(tmp)
+            raise WinogradUnavailable(f"no C compiler ({cc}: {err.strerror})") from None
+        if done.returncode != 0:
+            os.unlink(tmp)
+            raise WinogradUnavailable(f"{cc} failed on {SOURCE.name}: {done.stderr.strip().splitlines()[:1]}")
+        os.replace(tmp, target)  # atomic: a racing process finds a whole library or none
+    lib = ctypes.CDLL(str(target))
+    i, p = ctypes.c_int, ctypes.c_void_p
+    lib.winograd_f43_input.argtypes = [p, p, i, i, i, i, i, i, i]
+    lib.winograd_f43_output.argtypes = [p, p, p, p, i, i, i, i, i, i, i, i]
+    return lib
+
+
+def library() -> ctypes.CDLL:
+    """The built transforms; raises WinogradUnavailable (with the reason) where they cannot be built."""
+    global _LIB, _ERROR
+    with _LOCK:
+        if _LIB is None and _ERROR is None:
+            try:
+                _LIB = _build()
+            except WinogradUnavailable as err:
+                _ERROR = str(err)
+        if _LIB is None:
+            raise WinogradUnavailable(_ERROR)
+        return _LIB
+
+
+def unavailable_reason() -> str | None:
+    try:
+        library()
+    except WinogradUnavailable as err:
+        return str(err)
+    return None
+
+
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+def _channels_last(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+class WinogradConv:
+    """A folded 3×3 stride-1 convolution run as F(4×4, 3×3): C input transform, oneDNN grouped 1×1
+    GEMMs on weights prepacked per tile grid, C output transform with bias, residual and ReLU."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        if weight.dtype != torch.float32 or weight.device.type != "cpu":
+            raise ValueError(f"Winograd runs float32 CPU convolutions, got {weight.dtype} on {weight.device}")
+        self.out_channels, self.in_channels = weight.shape[:2]
+        self.u = transform_weight(weight).float().contiguous()
+        self.bias = (bias if bias is not None else torch.zeros(self.out_channels)).float().contiguous()
+        self._packed: dict[tuple, torch.Tensor] = {}
+        self.lib = library()
+
+    def packed(self, th: int, tw: int) -> torch.Tensor:
+        key = (th, tw)
+        packed = self._packed.get(key)
+        if packed is None:
+            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                self.u.to_mkldnn(), [0, 0], [1, 1], [1, 1], ALPHA * ALPHA, [1, ALPHA * ALPHA * self.in_channels, th, tw])
+            self._packed[key] = packed
+        return packed
+
+    # the C transforms write through raw pointers, which a compiler cannot see: torch.compile runs
+    # this call eagerly (a graph break) rather than tracing buffers it might reuse
+    @torch.compiler.disable
+    def run(self, x: torch.Tensor, relu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
+        n, c, h, w = x.shape
+        if c != self.in_channels or x.dtype != torch.float32 or x.device.type != "cpu":
+            raise ValueError(f"expected a float32 CPU input with {self.in_channels} channels, got {x.dtype} "
+                             f"{tuple(x.shape)} on {x.device}")
+        th, tw = tiles(h, w)
+        threads = torch.get_num_threads()
+        x = _channels_last(x)
+        v = torch.empty((n, ALPHA * ALPHA * c, th, tw), memory_format=torch.channels_last)
+        self.lib.winograd_f43_input(_ptr(x), _ptr(v), n, h, w, c, th, tw, threads)
+        m = torch.ops.mkldnn._convolution_pointwise(v, self.packed(th, tw), None, [0, 0], [1, 1], [1, 1],
+                                                    ALPHA * ALPHA, "none", [], "")
+        m = _channels_last(m)
+        y = torch.empty((n, self.out_channels, h, w), memory_format=torch.channels_last)
+        res = _channels_last(residual) if residual is not None else None
+        if res is not None and (res.shape != y.shape or res.dtype != torch.float32):
+            raise ValueError(f"residual {res.dtype} {tuple(res.shape)} for a float32 output of shape {tuple(y.shape)}")
+        self.lib.winograd_f43_output(_ptr(m), _ptr(self.bias), _ptr(res), _ptr(y), n, h, w, self.out_channels,
+                                     th, tw, int(relu), threads)
+        return y

@@ -1,0 +1,167 @@
+"""Winograd F(4×4, 3×3) convolutions (engine/winograd.py, winograd.c) against float64 direct
+convolution, and the `winograd` executor inside optimize().
+
+Tolerances: the float64 reference algorithm equals direct convolution to 1e-12 (only rounding of
+exact rational transforms). The fp32 C path is held to 1e-5 relative: its transforms scale by up to
+8 and sum 36 products per tile, and measure ~1.5e-6 per convolution here (direct oneDNN ~1.5e-7),
+the engine's WINOGRAD_TOLERANCE per fused op."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ferfuse import models
+from ferfuse.engine import optimize, report, winograd
+from ferfuse.engine.executors import ConvRunner
+from ferfuse.engine.export import reference_path
+from ferfuse.engine.verify import WINOGRAD_TOLERANCE
+from ferfuse.models import randomize_batchnorm
+from helpers import assert_close
+
+pytestmark = pytest.mark.skipif(winograd.unavailable_reason() is not None,
+                                reason=f"Winograd transforms not built: {winograd.unavailable_reason()}")
+
+OP_TOL = WINOGRAD_TOLERANCE[0]
+# batch 1, odd and non-multiple-of-4 maps, a single pixel, channel counts off the 16-lane blocks
+SHAPES = [(1, 64, 64, 56, 56), (2, 20, 36, 13, 7), (3, 17, 5, 1, 1), (1, 16, 32, 4, 9), (2, 48, 16, 14, 14)]
+
+
+def _case(gen, n, c, k, h, w):
+    x = torch.randn(n, c, h, w, generator=gen)
+    weight = torch.randn(k, c, 3, 3, generator=gen) / (9 * c) ** 0.5
+    bias = torch.randn(k, generator=gen)
+    return x, weight, bias
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_reference_algorithm_is_direct_convolution(gen, shape):
+    x, weight, bias = _case(gen, *shape)
+    expected = F.conv2d(x.double(), weight.double(), bias.double(), padding=1)
+    assert_close(winograd.winograd_reference(x, weight, bias), expected, 1e-12, "float64 Winograd")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("relu,residual", [(False, False), (True, False), (True, True)])
+def test_conv_matches_float64(gen, shape, relu, residual):
+    x, weight, bias = _case(gen, *shape)
+    res = torch.randn(shape[0], shape[2], *shape[3:], generator=gen) if residual else None
+    expected = F.conv2d(x.double(), weight.double(), bias.double(), padding=1)
+    if res is not None:
+        expected = expected + res.double()
+    if relu:
+        expected = torch.relu(expected)
+    got = winograd.WinogradConv(weight, bias).run(x, relu=relu, residual=res)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    assert_close(got, expected, OP_TOL, "Winograd conv")
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "sliced", "transposed"])
+def test_input_layouts(gen, layout):
+    x, weight, bias = _case(gen, 2, 24, 32, 15, 15)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "sliced":
+        x = torch.randn(2, 48, 15, 30, generator=gen)[:, ::2, :, ::2]
+    else:
+        x = x.transpose(2, 3)
+    expected = F.conv2d(x.double(), weight.double(), bias.double(), padding=1)
+    assert_close(winograd.WinogradConv(weight, bias).run(x), expected, OP_TOL, layout)
+
+
+def test_transforms_write_every_element(gen):
+    """Both C transforms against the float64 algorithm, on buffers poisoned with NaN first."""
+    n, c, k, h, w = 2, 20, 18, 9, 13
+    x, weight, bias = _case(gen, n, c, k, h, w)
+    th, tw = winograd.tiles(h, w)
+    lib = winograd.library()
+    xc = x.contiguous(memory_format=torch.channels_last)
+    v = torch.full((n, 36 * c, th, tw), float("nan")).contiguous(memory_format=torch.channels_last)
+    lib.winograd_f43_input(xc.data_ptr(), v.data_ptr(), n, h, w, c, th, tw, 2)
+    xp = F.pad(x.double(), (1, 4 * tw + 1 - w, 1, 4 * th + 1 - h))
+    d = xp.unfold(2, 6, 4).unfold(3, 6, 4)
+    v_ref = torch.einsum("ui,nctwij,vj->nuvctw", winograd.BT, d, winograd.BT).reshape(n, 36 * c, th, tw)
+    assert_close(v, v_ref, 1e-6, "input transform")
+
+    m = torch.randn(n, 36 * k, th, tw, generator=gen).contiguous(memory_format=torch.channels_last)
+    y = torch.full((n, k, h, w), float("nan")).contiguous(memory_format=torch.channels_last)
+    lib.winograd_f43_output(m.data_ptr(), bias.data_ptr(), None, y.data_ptr(), n, h, w, k, th, tw, 0, 2)
+    mt = m.double().view(n, 6, 6, k, th, tw)
+    y_ref = torch.einsum("iu,nuvktw,jv->nktiwj", winograd.AT, mt, winograd.AT).reshape(n, k, 4 * th, 4 * tw)
+    assert_close(y, y_ref[:, :, :h, :w] + bias.double().view(1, -1, 1, 1), 1e-6, "output transform")
+
+
+def test_nan_and_inf_propagate_like_ieee(gen):
+    """A NaN input reaches every output whose tile reads it (a superset of direct convolution's
+    3×3 neighbourhood: optimize() sends non-finite inputs to the original forward for that reason);
+    ReLU keeps NaN as torch.relu does."""
+    x, weight, bias = _case(gen, 1, 16, 16, 12, 12)
+    x[0, 3, 5, 6] = float("nan")
+    got = winograd.WinogradConv(weight, bias).run(x, relu=True)
+    direct = torch.relu(F.conv2d(x, weight, bias, padding=1))
+    assert torch.isnan(got[torch.isnan(direct)]).all()
+    assert not torch.isnan(got[:, :, 9:, :]).any()  # tiles that never read row 5 stay finite
+
+
+def test_bad_inputs_are_named(gen):
+    x, weight, bias = _case(gen, 1, 16, 16, 8, 8)
+    conv = winograd.WinogradConv(weight, bias)
+    with pytest.raises(ValueError, match="16 channels"):
+        conv.run(torch.randn(1, 8, 8, 8))
+    with pytest.raises(ValueError, match="float32"):
+        conv.run(x.double())
+    with pytest.raises(ValueError, match="residual"):
+        conv.run(x, residual=torch.randn(1, 16, 4, 4))
+    with pytest.raises(ValueError, match="float32 CPU"):
+        winograd.WinogradConv(weight.double(), bias)
+
+
+def test_runner_uses_winograd_only_where_it_pays(gen, monkeypatch):
+    """Eligible: dense 3×3, stride 1, padding 1, maps of at least 14×14, ReLU or no activation."""
+    calls = []
+    monkeypatch.setattr(winograd.WinogradConv, "run", lambda self, x, **kw: calls.append(tuple(x.shape)) or x)
+    weight, bias = torch.randn(8, 8, 3, 3, generator=gen), torch.randn(8, generator=gen)
+    runner = ConvRunner(weight, bias, "winograd", padding=(1, 1))
+    runner.run(torch.randn(1, 8, 14, 20), act="relu")
+    runner.run(torch.randn(1, 8, 7, 7))
+    runner.run(torch.randn(1, 8, 16, 16), act="sigmoid")
+    assert calls == [(1, 8, 14, 20)]
+    assert ConvRunner(weight, bias, "winograd", stride=(2, 2), padding=(1, 1)).winograd is None
+    assert ConvRunner(weight[:, :4], bias, "winograd", padding=(1, 1), groups=2).winograd is None
+    assert ConvRunner(weight, bias, "onednn", padding=(1, 1)).winograd is None
+
+
+def test_optimize_with_winograd_executor(gen):
+    model = randomize_batchnorm(models.dan(), seed=6).eval()
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 3, 224, 224, generator=gen)
+    with torch.no_grad():
+        expected = model.double()(x.double())
+    model.float()
+    optimize(model, executor="winograd", example_inputs=x[:1])
+    rep = report(model)
+    assert rep.executor == "winograd" and not rep.reverted
+    assert rep.tolerance == WINOGRAD_TOLERANCE[:2]
+    with torch.no_grad():
+        got = model(x)
+    assert_close(got[0], expected[0], WINOGRAD_TOLERANCE[1], "logits")
+    assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items())
+    # a NaN input runs the original forward and gives NaN exactly where the reference does
+    x[1, :, 100:110, 50:60] = float("nan")
+    with torch.no_grad():
+        got = model(x)[0]
+        with reference_path(model):
+            expected = model(x)[0]
+    assert torch.equal(torch.isnan(got), torch.isnan(expected))
+
+
+def test_unbuildable_transforms_are_reported(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("FERFUSE_CACHE", str(tmp_path))
+    with pytest.raises(winograd.WinogradUnavailable, match="no C compiler"):
+        winograd._build()
+    monkeypatch.setattr(winograd, "unavailable_reason", lambda: "no C compiler (cc: not found)")
+    model = randomize_batchnorm(models.dan(num_heads=1), seed=7).eval()
+    with pytest.raises(ValueError, match="cannot be built here: no C compiler"):
+        optimize(model, executor="winograd")
+    optimize(model)
+    assert report(model).executor != "winograd"
+    assert any("Winograd convolutions unavailable (no C compiler" in n for n in report(model).notes)
