@@ -27,11 +27,14 @@ def table(rows: list[dict]) -> str:
         best = min(ferfuse, key=lambda r: r["median_ms"]) if ferfuse else None
         out.append(f"\n{model}, batch {batch}, {dtype}, {device} ({rs[0].get('device_name', '')}; "
                    f"torch {rs[0].get('torch', '?')}, triton {rs[0].get('triton', '?')})")
-        out.append(f"  {'provider':<28} {'median ms':>10} {'IQR ms':>8} {'images/s':>10} {'ferfuse speed-up':>17}")
+        extra = "build_s" in rs[0]  # alternating runs: build time and logits error per provider
+        out.append(f"  {'provider':<28} {'median ms':>10} {'IQR ms':>8} {'images/s':>10} {'ferfuse speed-up':>17}"
+                   + (f" {'build s':>8} {'logits rel err':>15}" if extra else ""))
         for r in sorted(rs, key=lambda r: r["median_ms"]):
             speedup = f"{r['median_ms'] / best['median_ms']:.2f}x" if best else "-"
             out.append(f"  {r['provider']:<28} {r['median_ms']:>10.2f} {r['iqr_ms']:>8.2f} "
-                       f"{1e3 * batch / r['median_ms']:>10.1f} {speedup:>17}")
+                       f"{1e3 * batch / r['median_ms']:>10.1f} {speedup:>17}"
+                       + (f" {r['build_s']:>8.1f} {r['logits_rel_error']:>15.1e}" if extra else ""))
     return "\n".join(out)
 
 

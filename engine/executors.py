@@ -1,8 +1,8 @@
 """How a folded convolution runs: `aten` (F.conv2d: cuDNN on GPU, any device, traceable),
 `onednn` (CPU: weights prepacked once into oneDNN's blocked layout, activations channels_last,
 bias + ReLU and the residual add fused into the convolution, as inductor's CPU freezing does), or
-`winograd` (CPU: `onednn`, except that stride-1 3×3 convolutions on maps of at least 14×14 run as
-Winograd F(4×4, 3×3), engine/winograd.py: 4× fewer multiply-adds)."""
+`winograd` (CPU: `onednn`, except that dense stride-1 3×3 convolutions run as Winograd, engine/winograd.py:
+F(4×4, 3×3) on maps of at least 14×14, 4× fewer multiply-adds; F(2×2, 3×3) on 7×7 to 13×13, 2.25×)."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -10,10 +10,15 @@ import torch.nn.functional as F
 from . import winograd
 
 EXECUTORS = ("aten", "onednn", "winograd")
-# Winograd pays where a map has many 4×4 tiles: at 7×7 (4 tiles, 31% of them padding) the 36
-# transformed 512×512 matrices are read for little work and direct oneDNN is faster (measured:
-# 0.76× at batch 1, 0.83× at batch 8; 2.0-2.5× at 14×14 to 56×56).
-WINOGRAD_MIN_SIZE = 14
+
+
+def winograd_tile(h: int, w: int) -> int | None:
+    """The Winograd output tile for an h×w map, None for direct convolution. Measured here (2 cores,
+    AVX-512) against prepacked oneDNN: F(4×4) runs 2.0-2.5× faster on 14×14 to 56×56 maps at batch 1
+    and 8, but at 7×7 (4 tiles, 31% of them padding) reading its 36 transformed 512×512 matrices
+    costs more than it saves (0.76-0.83×); F(2×2) is 1.08-1.10× there. Below 7×7 nothing was measured."""
+    size = min(h, w)
+    return 4 if size >= 14 else 2 if size >= 7 else None
 
 
 def onednn_available() -> bool:
@@ -41,9 +46,9 @@ class ConvRunner:
             raise ValueError(f"unknown conv executor {executor!r}; known: {EXECUTORS}")
         self.weight = weight
         self._packed: dict[tuple, torch.Tensor] = {}
-        self.winograd = None
-        if executor == "winograd" and winograd.eligible(weight, stride, padding, dilation, groups):
-            self.winograd = winograd.WinogradConv(weight, bias)
+        self.winograd_eligible = executor == "winograd" and groups == 1 and winograd.eligible(
+            weight, stride, padding, dilation, groups)  # grouped (DAN's heads): direct measured faster
+        self._winograd: dict[int, winograd.WinogradConv] = {}  # per tile size, built on first use
 
     def packed(self, shape: torch.Size) -> torch.Tensor:
         """The weight in oneDNN's blocked layout for inputs of this channels×height×width: the
@@ -65,9 +70,20 @@ class ConvRunner:
             raise ValueError(f"{conv}: only numeric zero padding is folded")
         return cls(weight, bias, executor, conv.stride, conv.padding, conv.dilation, conv.groups)
 
+    def winograd(self, x) -> winograd.WinogradConv | None:
+        """The Winograd form that runs input `x`, or None for direct convolution."""
+        tile = winograd_tile(*x.shape[2:]) if self.winograd_eligible else None
+        if tile is None:
+            return None
+        conv = self._winograd.get(tile)
+        if conv is None:  # a racing thread builds an equal one: harmless
+            conv = self._winograd[tile] = winograd.WinogradConv(self.weight, self.bias, tile=tile)
+        return conv
+
     def run(self, x, act: str | None = None, residual=None):
-        if self.winograd is not None and act in (None, "relu") and min(x.shape[2:]) >= WINOGRAD_MIN_SIZE:
-            return self.winograd.run(x, relu=act == "relu", residual=residual)
+        wino = self.winograd(x) if act in (None, "relu") else None
+        if wino is not None:
+            return wino.run(x, relu=act == "relu", residual=residual)
         if self.executor != "aten":
             x = x.contiguous(memory_format=torch.channels_last)
             op = torch.ops.mkldnn._convolution_pointwise

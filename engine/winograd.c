@@ -128,3 +128,99 @@ void winograd_f43_output(const float *m, const float *bias, const float *res, fl
         if (k0 < K) output_tile(mt, bias, rp, y + plane, H, W, K, 4 * ty, 4 * tx, k0, K - k0, relu);
     }
 }
+
+/* ---- F(2x2, 3x3): 4x4 input tiles, 16 products per tile (2.25x fewer multiply-adds than direct).
+ * For small maps (7x7) where F(4x4, 3x3)'s 36 transformed matrices cost more to read than they
+ * save. B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], A^T = [1 1 1 0; 0 1 -1 -1]. */
+
+INLINE void input_tile2(const float *x, float *v, int H, int W, int C, int h0, int w0, int c0, int lanes) {
+    float d[4][4][L], t[4][4][L];
+    if (lanes < L) memset(d, 0, sizeof d);
+    for (int i = 0; i < 4; i++) {
+        int h = h0 + i;
+        for (int j = 0; j < 4; j++) {
+            int w = w0 + j;
+            if (h >= 0 && h < H && w >= 0 && w < W)
+                memcpy(d[i][j], x + ((int64_t)h * W + w) * C + c0, sizeof(float) * lanes);
+            else
+                memset(d[i][j], 0, sizeof(float) * L);
+        }
+    }
+    for (int j = 0; j < 4; j++)
+        for (int l = 0; l < L; l++) {
+            t[0][j][l] = d[0][j][l] - d[2][j][l];
+            t[1][j][l] = d[1][j][l] + d[2][j][l];
+            t[2][j][l] = d[2][j][l] - d[1][j][l];
+            t[3][j][l] = d[1][j][l] - d[3][j][l];
+        }
+    for (int u = 0; u < 4; u++) {
+        float out[4][L];
+        for (int l = 0; l < L; l++) {
+            out[0][l] = t[u][0][l] - t[u][2][l];
+            out[1][l] = t[u][1][l] + t[u][2][l];
+            out[2][l] = t[u][2][l] - t[u][1][l];
+            out[3][l] = t[u][1][l] - t[u][3][l];
+        }
+        for (int s = 0; s < 4; s++) memcpy(v + (int64_t)(u * 4 + s) * C + c0, out[s], sizeof(float) * lanes);
+    }
+}
+
+void winograd_f23_input(const float *x, float *v, int B, int H, int W, int C, int Th, int Tw, int threads) {
+    int64_t tiles = (int64_t)B * Th * Tw;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t tile = 0; tile < tiles; tile++) {
+        int b = (int)(tile / ((int64_t)Th * Tw)), r = (int)(tile % ((int64_t)Th * Tw));
+        int ty = r / Tw, tx = r % Tw;
+        const float *xb = x + (int64_t)b * H * W * C;
+        float *vt = v + tile * 16 * C;
+        int c0 = 0;
+        for (; c0 + L <= C; c0 += L) input_tile2(xb, vt, H, W, C, 2 * ty - 1, 2 * tx - 1, c0, L);
+        if (c0 < C) input_tile2(xb, vt, H, W, C, 2 * ty - 1, 2 * tx - 1, c0, C - c0);
+    }
+}
+
+INLINE void output_tile2(const float *m, const float *bias, const float *res, float *y, int H, int W, int K,
+                         int h0, int w0, int k0, int lanes, int relu) {
+    float mm[16][L], t[2][4][L];
+    for (int p = 0; p < 16; p++) {
+        memcpy(mm[p], m + (int64_t)p * K + k0, sizeof(float) * lanes);
+        if (lanes < L) memset(mm[p] + lanes, 0, sizeof(float) * (L - lanes));
+    }
+    for (int s = 0; s < 4; s++)
+        for (int l = 0; l < L; l++) {
+            t[0][s][l] = mm[s][l] + mm[4 + s][l] + mm[8 + s][l];
+            t[1][s][l] = mm[4 + s][l] - mm[8 + s][l] - mm[12 + s][l];
+        }
+    for (int i = 0; i < 2 && h0 + i < H; i++) {
+        float out[2][L];
+        for (int l = 0; l < L; l++) {
+            out[0][l] = t[i][0][l] + t[i][1][l] + t[i][2][l];
+            out[1][l] = t[i][1][l] - t[i][2][l] - t[i][3][l];
+        }
+        for (int j = 0; j < 2 && w0 + j < W; j++) {
+            int64_t at = ((int64_t)(h0 + i) * W + w0 + j) * K + k0;
+            float *dst = y + at;
+            for (int l = 0; l < lanes; l++) {
+                float val = out[j][l] + bias[k0 + l];
+                if (res) val += res[at + l];
+                dst[l] = (relu && val < 0.f) ? 0.f : val;
+            }
+        }
+    }
+}
+
+void winograd_f23_output(const float *m, const float *bias, const float *res, float *y, int B, int H, int W,
+                         int K, int Th, int Tw, int relu, int threads) {
+    int64_t tiles = (int64_t)B * Th * Tw;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t tile = 0; tile < tiles; tile++) {
+        int b = (int)(tile / ((int64_t)Th * Tw)), r = (int)(tile % ((int64_t)Th * Tw));
+        int ty = r / Tw, tx = r % Tw;
+        int64_t plane = (int64_t)b * H * W * K;
+        const float *mt = m + tile * 16 * K;
+        const float *rp = res ? res + plane : 0;
+        int k0 = 0;
+        for (; k0 + L <= K; k0 += L) output_tile2(mt, bias, rp, y + plane, H, W, K, 2 * ty, 2 * tx, k0, L, relu);
+        if (k0 < K) output_tile2(mt, bias, rp, y + plane, H, W, K, 2 * ty, 2 * tx, k0, K - k0, relu);
+    }
+}

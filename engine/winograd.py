@@ -23,30 +23,46 @@ import platform
 import subprocess
 import tempfile
 import threading
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 
 SOURCE = Path(__file__).with_name("winograd.c")
-TILE, ALPHA = 4, 6  # output tile 4×4, input tile 6×6
 
-# Lavin & Gray (2016), F(4, 3) with interpolation points 0, ±1, ±2 and ∞
-BT = torch.tensor([[4, 0, -5, 0, 1, 0],
-                   [0, -4, -4, 1, 1, 0],
-                   [0, 4, -4, -1, 1, 0],
-                   [0, -2, -1, 2, 1, 0],
-                   [0, 2, -1, -2, 1, 0],
-                   [0, 4, 0, -5, 0, 1]], dtype=torch.float64)
-G = torch.tensor([[1 / 4, 0, 0],
-                  [-1 / 6, -1 / 6, -1 / 6],
-                  [-1 / 6, 1 / 6, -1 / 6],
-                  [1 / 24, 1 / 12, 1 / 6],
-                  [1 / 24, -1 / 12, 1 / 6],
-                  [0, 0, 1]], dtype=torch.float64)
-AT = torch.tensor([[1, 1, 1, 1, 1, 0],
-                   [0, 1, -1, 2, -2, 0],
-                   [0, 1, 1, 4, 4, 0],
-                   [0, 1, -1, 8, -8, 1]], dtype=torch.float64)
+
+@dataclass(frozen=True)
+class Variant:
+    """F(m×m, 3×3): output tiles m×m from input tiles (m+2)×(m+2); the C functions that transform."""
+    tile: int
+    bt: torch.Tensor  # (m+2)×(m+2)
+    g: torch.Tensor  # (m+2)×3
+    at: torch.Tensor  # m×(m+2)
+    c_input: str
+    c_output: str
+
+    @property
+    def alpha(self) -> int:
+        return self.tile + 2
+
+
+_t = partial(torch.tensor, dtype=torch.float64)
+# Lavin & Gray (2016). F(4, 3): interpolation points 0, ±1, ±2 and ∞
+F43 = Variant(4,
+              _t([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                  [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]),
+              _t([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                  [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]),
+              _t([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]),
+              "winograd_f43_input", "winograd_f43_output")
+# F(2, 3): points 0, ±1 and ∞
+F23 = Variant(2,
+              _t([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]),
+              _t([[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]]),
+              _t([[1, 1, 1, 0], [0, 1, -1, -1]]),
+              "winograd_f23_input", "winograd_f23_output")
+VARIANTS = {4: F43, 2: F23}
 
 
 class WinogradUnavailable(RuntimeError):
@@ -54,35 +70,39 @@ class WinogradUnavailable(RuntimeError):
 
 
 def eligible(weight: torch.Tensor, stride, padding, dilation, groups) -> bool:
-    """A dense 3×3 convolution with stride 1, padding 1 and no dilation: the shape F(4×4, 3×3) covers."""
-    return (weight.dim() == 4 and tuple(weight.shape[2:]) == (3, 3) and groups == 1 and tuple(stride) == (1, 1)
+    """A 3×3 convolution (dense or grouped) with stride 1, padding 1 and no dilation."""
+    return (weight.dim() == 4 and tuple(weight.shape[2:]) == (3, 3) and tuple(stride) == (1, 1)
             and tuple(padding) == (1, 1) and tuple(dilation) == (1, 1))
 
 
-def transform_weight(weight: torch.Tensor) -> torch.Tensor:
+def transform_weight(weight: torch.Tensor, variant: Variant = F43) -> torch.Tensor:
     """U[p] = G g Gᵀ for every (out, in) channel pair, in float64, as the weight of a grouped 1×1
-    convolution: (36·K) × C × 1 × 1, group p holding the K×C matrix of tile position p."""
+    convolution: (α²·K) × C/groups × 1 × 1, the group of tile position p and conv group j holding
+    rows p·K + j·K/groups onward (the order of the conv's own output channels within p)."""
     k, c = weight.shape[:2]
-    u = torch.einsum("ui,kcij,vj->uvkc", G, weight.double(), G)
-    return u.reshape(ALPHA * ALPHA * k, c, 1, 1)
+    u = torch.einsum("ui,kcij,vj->uvkc", variant.g, weight.double(), variant.g)
+    return u.reshape(variant.alpha ** 2 * k, c, 1, 1)
 
 
-def tiles(h: int, w: int) -> tuple[int, int]:
-    return -(-h // TILE), -(-w // TILE)
+def tiles(h: int, w: int, tile: int = 4) -> tuple[int, int]:
+    return -(-h // tile), -(-w // tile)
 
 
-def winograd_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """The same F(4×4, 3×3) algorithm in plain float64 torch (NCHW): equal to conv2d(x, weight,
-    bias, padding=1) up to rounding; tests use it to check each C transform on its own."""
+def winograd_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, groups: int = 1,
+                       variant: Variant = F43) -> torch.Tensor:
+    """The same algorithm in plain float64 torch (NCHW): equal to conv2d(x, weight, bias,
+    padding=1, groups=groups) up to rounding; tests use it to check each C transform on its own."""
     x, weight = x.double(), weight.double()
     n, c, h, w = x.shape
-    th, tw = tiles(h, w)
-    xp = torch.nn.functional.pad(x, (1, TILE * tw + 1 - w, 1, TILE * th + 1 - h))
-    d = xp.unfold(2, ALPHA, TILE).unfold(3, ALPHA, TILE)  # n, c, th, tw, 6, 6
-    v = torch.einsum("ui,nctwij,vj->nuvtwc", BT, d, BT)
-    u = transform_weight(weight).view(ALPHA, ALPHA, -1, c)
-    m = torch.einsum("nuvtwc,uvkc->nuvtwk", v, u)
-    y = torch.einsum("iu,nuvtwk,jv->nktiwj", AT, m, AT).reshape(n, -1, TILE * th, TILE * tw)[:, :, :h, :w]
+    m, a = variant.tile, variant.alpha
+    th, tw = tiles(h, w, m)
+    xp = torch.nn.functional.pad(x, (1, m * tw + 1 - w, 1, m * th + 1 - h))
+    d = xp.unfold(2, a, m).unfold(3, a, m)  # n, c, th, tw, α, α
+    v = torch.einsum("ui,nctwij,vj->nuvtwc", variant.bt, d, variant.bt)
+    k = weight.shape[0]
+    u = transform_weight(weight, variant).view(a, a, groups, k // groups, c // groups)
+    mm = torch.einsum("nuvtwgc,uvgkc->nuvtwgk", v.unflatten(-1, (groups, c // groups)), u).flatten(-2)
+    y = torch.einsum("iu,nuvtwk,jv->nktiwj", variant.at, mm, variant.at).reshape(n, k, m * th, m * tw)[:, :, :h, :w]
     return y if bias is None else y + bias.double().view(1, -1, 1, 1)
 
 
@@ -128,8 +148,9 @@ def _build() -> ctypes.CDLL:
         os.replace(tmp, target)  # atomic: a racing process finds a whole library or none
     lib = ctypes.CDLL(str(target))
     i, p = ctypes.c_int, ctypes.c_void_p
-    lib.winograd_f43_input.argtypes = [p, p, i, i, i, i, i, i, i]
-    lib.winograd_f43_output.argtypes = [p, p, p, p, i, i, i, i, i, i, i, i]
+    for variant in VARIANTS.values():
+        getattr(lib, variant.c_input).argtypes = [p, p, i, i, i, i, i, i, i]
+        getattr(lib, variant.c_output).argtypes = [p, p, p, p, i, i, i, i, i, i, i, i]
     return lib
 
 
@@ -164,14 +185,16 @@ def _channels_last(t: torch.Tensor) -> torch.Tensor:
 
 
 class WinogradConv:
-    """A folded 3×3 stride-1 convolution run as F(4×4, 3×3): C input transform, oneDNN grouped 1×1
+    """A folded 3×3 stride-1 convolution run as F(m×m, 3×3): C input transform, oneDNN grouped 1×1
     GEMMs on weights prepacked per tile grid, C output transform with bias, residual and ReLU."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, groups: int = 1, tile: int = 4):
         if weight.dtype != torch.float32 or weight.device.type != "cpu":
             raise ValueError(f"Winograd runs float32 CPU convolutions, got {weight.dtype} on {weight.device}")
-        self.out_channels, self.in_channels = weight.shape[:2]
-        self.u = transform_weight(weight).float().contiguous()
+        self.variant = VARIANTS[tile]
+        self.groups = groups
+        self.out_channels, self.in_channels = weight.shape[0], weight.shape[1] * groups
+        self.u = transform_weight(weight, self.variant).float().contiguous()
         self.bias = (bias if bias is not None else torch.zeros(self.out_channels)).float().contiguous()
         self._packed: dict[tuple, torch.Tensor] = {}
         self.lib = library()
@@ -180,8 +203,9 @@ class WinogradConv:
         key = (th, tw)
         packed = self._packed.get(key)
         if packed is None:
+            a2 = self.variant.alpha ** 2
             packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
-                self.u.to_mkldnn(), [0, 0], [1, 1], [1, 1], ALPHA * ALPHA, [1, ALPHA * ALPHA * self.in_channels, th, tw])
+                self.u.to_mkldnn(), [0, 0], [1, 1], [1, 1], a2 * self.groups, [1, a2 * self.in_channels, th, tw])
             self._packed[key] = packed
         return packed
 
@@ -193,18 +217,19 @@ class WinogradConv:
         if c != self.in_channels or x.dtype != torch.float32 or x.device.type != "cpu":
             raise ValueError(f"expected a float32 CPU input with {self.in_channels} channels, got {x.dtype} "
                              f"{tuple(x.shape)} on {x.device}")
-        th, tw = tiles(h, w)
+        variant, a2 = self.variant, self.variant.alpha ** 2
+        th, tw = tiles(h, w, variant.tile)
         threads = torch.get_num_threads()
         x = _channels_last(x)
-        v = torch.empty((n, ALPHA * ALPHA * c, th, tw), memory_format=torch.channels_last)
-        self.lib.winograd_f43_input(_ptr(x), _ptr(v), n, h, w, c, th, tw, threads)
+        v = torch.empty((n, a2 * c, th, tw), memory_format=torch.channels_last)
+        getattr(self.lib, variant.c_input)(_ptr(x), _ptr(v), n, h, w, c, th, tw, threads)
         m = torch.ops.mkldnn._convolution_pointwise(v, self.packed(th, tw), None, [0, 0], [1, 1], [1, 1],
-                                                    ALPHA * ALPHA, "none", [], "")
+                                                    a2 * self.groups, "none", [], "")
         m = _channels_last(m)
         y = torch.empty((n, self.out_channels, h, w), memory_format=torch.channels_last)
         res = _channels_last(residual) if residual is not None else None
         if res is not None and (res.shape != y.shape or res.dtype != torch.float32):
             raise ValueError(f"residual {res.dtype} {tuple(res.shape)} for a float32 output of shape {tuple(y.shape)}")
-        self.lib.winograd_f43_output(_ptr(m), _ptr(self.bias), _ptr(res), _ptr(y), n, h, w, self.out_channels,
-                                     th, tw, int(relu), threads)
+        getattr(self.lib, variant.c_output)(_ptr(m), _ptr(self.bias), _ptr(res), _ptr(y), n, h, w,
+                                            self.out_channels, th, tw, int(relu), threads)
         return y

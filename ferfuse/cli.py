@@ -66,8 +66,18 @@ def bench(args) -> int:
         return 0
     import ferfuse.bench
 
-    suite = Path(ferfuse.bench.__file__).parent / "test_latency.py"
     json_path = args.json or os.path.join(tempfile.mkdtemp(prefix="ferfuse-bench-"), "bench.json")
+    if args.alternate:
+        from ferfuse.bench import alternating
+        from ferfuse.bench.providers import PROVIDERS
+
+        rows = alternating.run(args.model, args.batch, args.providers or PROVIDERS, rounds=args.rounds,
+                               device=args.device)
+        alternating.write_json(rows, json_path)
+        print(bench_report.table(rows))
+        print(f"\nJSON: {json_path}")
+        return 0
+    suite = Path(ferfuse.bench.__file__).parent / "test_latency.py"
     pytest_args = [str(suite), "-p", "no:cacheprovider", "-v", "--benchmark-enable", "--benchmark-only",
                    f"--benchmark-json={json_path}", "--benchmark-columns=median,iqr,rounds",
                    f"--bench-device={args.device}", f"--bench-models={','.join(args.model)}",
@@ -137,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", nargs="+", default=["fp32"], choices=["fp32", "fp16", "bf16"])
     p.add_argument("--providers", nargs="+", default=None, help="default: every provider available")
     p.add_argument("--quick", action="store_true", help="fewer rounds per case")
+    p.add_argument("--alternate", action="store_true",
+                   help="time the providers alternately in rounds (bench/alternating.py), not one after another")
+    p.add_argument("--rounds", type=int, default=9, help="rounds with --alternate")
     p.add_argument("--json", default=None, help="where to write pytest-benchmark's JSON")
     p.add_argument("--plot", default=None, metavar="JSON", help="draw latency against batch from a JSON")
     p.add_argument("--output", default=None, help="PNG path for --plot")

@@ -1,10 +1,10 @@
-"""Winograd F(4×4, 3×3) convolutions (engine/winograd.py, winograd.c) against float64 direct
-convolution, and the `winograd` executor inside optimize().
+"""Winograd F(4×4, 3×3) and F(2×2, 3×3) convolutions (engine/winograd.py, winograd.c) against
+float64 direct convolution, and the `winograd` executor inside optimize().
 
 Tolerances: the float64 reference algorithm equals direct convolution to 1e-12 (only rounding of
-exact rational transforms). The fp32 C path is held to 1e-5 relative: its transforms scale by up to
-8 and sum 36 products per tile, and measure ~1.5e-6 per convolution here (direct oneDNN ~1.5e-7),
-the engine's WINOGRAD_TOLERANCE per fused op."""
+exact rational transforms). The fp32 C path is held to 1e-5 relative: F(4×4)'s transforms scale by
+up to 8 and sum 36 products per tile, and measure ~1.5e-6 per convolution here (F(2×2) and direct
+oneDNN ~1.5e-7), the engine's WINOGRAD_TOLERANCE per fused op."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,25 +23,29 @@ pytestmark = pytest.mark.skipif(winograd.unavailable_reason() is not None,
 OP_TOL = WINOGRAD_TOLERANCE[0]
 # batch 1, odd and non-multiple-of-4 maps, a single pixel, channel counts off the 16-lane blocks
 SHAPES = [(1, 64, 64, 56, 56), (2, 20, 36, 13, 7), (3, 17, 5, 1, 1), (1, 16, 32, 4, 9), (2, 48, 16, 14, 14)]
+TILES = [4, 2]
 
 
-def _case(gen, n, c, k, h, w):
+def _case(gen, n, c, k, h, w, groups=1):
     x = torch.randn(n, c, h, w, generator=gen)
-    weight = torch.randn(k, c, 3, 3, generator=gen) / (9 * c) ** 0.5
+    weight = torch.randn(k, c // groups, 3, 3, generator=gen) / (9 * c / groups) ** 0.5
     bias = torch.randn(k, generator=gen)
     return x, weight, bias
 
 
-@pytest.mark.parametrize("shape", SHAPES)
-def test_reference_algorithm_is_direct_convolution(gen, shape):
-    x, weight, bias = _case(gen, *shape)
-    expected = F.conv2d(x.double(), weight.double(), bias.double(), padding=1)
-    assert_close(winograd.winograd_reference(x, weight, bias), expected, 1e-12, "float64 Winograd")
+@pytest.mark.parametrize("tile", TILES)
+@pytest.mark.parametrize("shape,groups", [(s, 1) for s in SHAPES] + [((2, 32, 48, 7, 7), 4)])
+def test_reference_algorithm_is_direct_convolution(gen, shape, groups, tile):
+    x, weight, bias = _case(gen, *shape, groups=groups)
+    expected = F.conv2d(x.double(), weight.double(), bias.double(), padding=1, groups=groups)
+    got = winograd.winograd_reference(x, weight, bias, groups, winograd.VARIANTS[tile])
+    assert_close(got, expected, 1e-12, "float64 Winograd")
 
 
+@pytest.mark.parametrize("tile", TILES)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("relu,residual", [(False, False), (True, False), (True, True)])
-def test_conv_matches_float64(gen, shape, relu, residual):
+def test_conv_matches_float64(gen, shape, relu, residual, tile):
     x, weight, bias = _case(gen, *shape)
     res = torch.randn(shape[0], shape[2], *shape[3:], generator=gen) if residual else None
     expected = F.conv2d(x.double(), weight.double(), bias.double(), padding=1)
@@ -49,9 +53,16 @@ def test_conv_matches_float64(gen, shape, relu, residual):
         expected = expected + res.double()
     if relu:
         expected = torch.relu(expected)
-    got = winograd.WinogradConv(weight, bias).run(x, relu=relu, residual=res)
+    got = winograd.WinogradConv(weight, bias, tile=tile).run(x, relu=relu, residual=res)
     assert got.dtype == torch.float32 and got.shape == expected.shape
     assert_close(got, expected, OP_TOL, "Winograd conv")
+
+
+@pytest.mark.parametrize("tile", TILES)
+def test_grouped_conv(gen, tile):
+    x, weight, bias = _case(gen, 2, 64, 96, 9, 11, groups=4)
+    expected = F.conv2d(x.double(), weight.double(), bias.double(), padding=1, groups=4)
+    assert_close(winograd.WinogradConv(weight, bias, groups=4, tile=tile).run(x), expected, OP_TOL, "grouped")
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "sliced", "transposed"])
@@ -67,25 +78,28 @@ def test_input_layouts(gen, layout):
     assert_close(winograd.WinogradConv(weight, bias).run(x), expected, OP_TOL, layout)
 
 
-def test_transforms_write_every_element(gen):
+@pytest.mark.parametrize("tile", TILES)
+def test_transforms_write_every_element(gen, tile):
     """Both C transforms against the float64 algorithm, on buffers poisoned with NaN first."""
+    variant = winograd.VARIANTS[tile]
+    m_, a = variant.tile, variant.alpha
     n, c, k, h, w = 2, 20, 18, 9, 13
     x, weight, bias = _case(gen, n, c, k, h, w)
-    th, tw = winograd.tiles(h, w)
+    th, tw = winograd.tiles(h, w, m_)
     lib = winograd.library()
     xc = x.contiguous(memory_format=torch.channels_last)
-    v = torch.full((n, 36 * c, th, tw), float("nan")).contiguous(memory_format=torch.channels_last)
-    lib.winograd_f43_input(xc.data_ptr(), v.data_ptr(), n, h, w, c, th, tw, 2)
-    xp = F.pad(x.double(), (1, 4 * tw + 1 - w, 1, 4 * th + 1 - h))
-    d = xp.unfold(2, 6, 4).unfold(3, 6, 4)
-    v_ref = torch.einsum("ui,nctwij,vj->nuvctw", winograd.BT, d, winograd.BT).reshape(n, 36 * c, th, tw)
+    v = torch.full((n, a * a * c, th, tw), float("nan")).contiguous(memory_format=torch.channels_last)
+    getattr(lib, variant.c_input)(xc.data_ptr(), v.data_ptr(), n, h, w, c, th, tw, 2)
+    xp = F.pad(x.double(), (1, m_ * tw + 1 - w, 1, m_ * th + 1 - h))
+    d = xp.unfold(2, a, m_).unfold(3, a, m_)
+    v_ref = torch.einsum("ui,nctwij,vj->nuvctw", variant.bt, d, variant.bt).reshape(n, a * a * c, th, tw)
     assert_close(v, v_ref, 1e-6, "input transform")
 
-    m = torch.randn(n, 36 * k, th, tw, generator=gen).contiguous(memory_format=torch.channels_last)
+    m = torch.randn(n, a * a * k, th, tw, generator=gen).contiguous(memory_format=torch.channels_last)
     y = torch.full((n, k, h, w), float("nan")).contiguous(memory_format=torch.channels_last)
-    lib.winograd_f43_output(m.data_ptr(), bias.data_ptr(), None, y.data_ptr(), n, h, w, k, th, tw, 0, 2)
-    mt = m.double().view(n, 6, 6, k, th, tw)
-    y_ref = torch.einsum("iu,nuvktw,jv->nktiwj", winograd.AT, mt, winograd.AT).reshape(n, k, 4 * th, 4 * tw)
+    getattr(lib, variant.c_output)(m.data_ptr(), bias.data_ptr(), None, y.data_ptr(), n, h, w, k, th, tw, 0, 2)
+    mt = m.double().view(n, a, a, k, th, tw)
+    y_ref = torch.einsum("iu,nuvktw,jv->nktiwj", variant.at, mt, variant.at).reshape(n, k, m_ * th, m_ * tw)
     assert_close(y, y_ref[:, :, :h, :w] + bias.double().view(1, -1, 1, 1), 1e-6, "output transform")
 
 
@@ -115,18 +129,22 @@ def test_bad_inputs_are_named(gen):
 
 
 def test_runner_uses_winograd_only_where_it_pays(gen, monkeypatch):
-    """Eligible: dense 3×3, stride 1, padding 1, maps of at least 14×14, ReLU or no activation."""
+    """Dense 3×3, stride 1, padding 1, ReLU or no activation: F(4×4) on maps of at least 14×14,
+    F(2×2) from 7×7, direct below."""
     calls = []
-    monkeypatch.setattr(winograd.WinogradConv, "run", lambda self, x, **kw: calls.append(tuple(x.shape)) or x)
+    monkeypatch.setattr(winograd.WinogradConv, "run",
+                        lambda self, x, **kw: calls.append((tuple(x.shape), self.variant.tile)) or x)
     weight, bias = torch.randn(8, 8, 3, 3, generator=gen), torch.randn(8, generator=gen)
     runner = ConvRunner(weight, bias, "winograd", padding=(1, 1))
     runner.run(torch.randn(1, 8, 14, 20), act="relu")
-    runner.run(torch.randn(1, 8, 7, 7))
+    runner.run(torch.randn(1, 8, 7, 9))
+    runner.run(torch.randn(1, 8, 6, 6))
     runner.run(torch.randn(1, 8, 16, 16), act="sigmoid")
-    assert calls == [(1, 8, 14, 20)]
-    assert ConvRunner(weight, bias, "winograd", stride=(2, 2), padding=(1, 1)).winograd is None
-    assert ConvRunner(weight[:, :4], bias, "winograd", padding=(1, 1), groups=2).winograd is None
-    assert ConvRunner(weight, bias, "onednn", padding=(1, 1)).winograd is None
+    assert calls == [((1, 8, 14, 20), 4), ((1, 8, 7, 9), 2)]
+    x = torch.randn(1, 8, 16, 16)
+    assert ConvRunner(weight, bias, "winograd", stride=(2, 2), padding=(1, 1)).winograd(x) is None
+    assert ConvRunner(weight[:, :4], bias, "winograd", padding=(1, 1), groups=2).winograd(x) is None
+    assert ConvRunner(weight, bias, "onednn", padding=(1, 1)).winograd(x) is None
 
 
 def test_optimize_with_winograd_executor(gen):

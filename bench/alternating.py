@@ -1,0 +1,111 @@
+"""Providers timed alternately in one process: the protocol behind ferfuse's CPU claims.
+
+pytest-benchmark (test_latency.py) times one provider after another; on a shared 2-core machine the
+load drifts over minutes, so a ratio of two such medians mixes in the drift. Here every provider is
+built once, then each round times a block of calls of each provider in turn (the order rotating
+each round), and the medians of the blocks are compared. Before each block one untimed call and a
+50 ms pause let the previous provider's worker threads go idle: ONNX Runtime's pool spins after a
+run and would otherwise take cores from whoever runs next.
+
+The ferfuse providers' logits are checked against a float64 copy of the same model in the same run.
+The JSON has pytest-benchmark's shape ("benchmarks" with "stats" and "extra_info"), so `ferfuse
+bench --plot` and report.table read it."""
+import copy
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+from ferfuse import models
+
+from .providers import available, build
+
+PAUSE_S = 0.05
+
+
+def _machine(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    return (f"{platform.processor() or platform.machine()} ({torch.backends.cpu.get_cpu_capability()}, "
+            f"{torch.get_num_threads()} threads)")
+
+
+def _logits(out) -> torch.Tensor:
+    while isinstance(out, (tuple, list)):
+        out = out[0]
+    return torch.as_tensor(out).detach().cpu().double()
+
+
+def run(model_names, batches, providers, *, rounds: int = 9, device: str = "cpu", min_block_s: float = 0.05,
+        log=print) -> list[dict]:
+    """Rows of median/IQR per (model, batch, provider), each with the logits' relative error
+    against float64 for the ferfuse providers."""
+    import triton
+
+    rows = []
+    for name in model_names:
+        for batch in batches:
+            torch.manual_seed(0)
+            base = models.randomize_batchnorm(models.get(name), seed=0).eval().to(device)
+            gen = torch.Generator().manual_seed(1)
+            x = torch.randn(batch, *base.input_size, generator=gen).to(device)
+            with torch.no_grad():
+                ref = _logits(copy.deepcopy(base).double()(x.double()))
+            runs, info = {}, {}
+            for provider in providers:
+                reason = available(provider, device)
+                if reason:
+                    log(f"  {name} b{batch} {provider}: skipped ({reason})")
+                    continue
+                t0 = time.perf_counter()
+                fn = build(provider, copy.deepcopy(base), x, device, torch.float32)
+                out = fn(x)  # first call: compiles, packs, builds sessions
+                build_s = time.perf_counter() - t0
+                for _ in range(2):
+                    fn(x)
+                err = ((_logits(out) - ref).norm() / ref.norm()).item()
+                runs[provider] = fn
+                info[provider] = {"build_s": build_s, "logits_rel_error": err}
+            # calls per block: enough for min_block_s on the slowest provider
+            per_call = {}
+            for provider, fn in runs.items():
+                t0 = time.perf_counter()
+                fn(x)
+                per_call[provider] = time.perf_counter() - t0
+            block = max(1, round(min_block_s / max(per_call.values())))
+            samples = {p: [] for p in runs}
+            order = list(runs)
+            for r in range(rounds):
+                for provider in order[r % len(order):] + order[:r % len(order)]:
+                    fn = runs[provider]
+                    fn(x)
+                    time.sleep(PAUSE_S)
+                    t0 = time.perf_counter()
+                    for _ in range(block):
+                        fn(x)
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+                    samples[provider].append((time.perf_counter() - t0) / block)
+            for provider, s in samples.items():
+                q = statistics.quantiles(s, n=4) if len(s) > 1 else [s[0]] * 3
+                rows.append({"model": name, "provider": provider, "batch": batch, "dtype": "fp32", "device": device,
+                             "device_name": _machine(device), "torch": torch.__version__,
+                             "triton": triton.__version__, "median_ms": statistics.median(s) * 1e3,
+                             "iqr_ms": (q[2] - q[0]) * 1e3, "rounds": len(s), "calls_per_round": block,
+                             "mode": "alternating", **info[provider]})
+            log(f"  {name} b{batch}: " + ", ".join(f"{r['provider']} {r['median_ms']:.2f} ms" for r in rows
+                                                    if r["model"] == name and r["batch"] == batch))
+    return rows
+
+
+def write_json(rows: list[dict], path: str):
+    """pytest-benchmark's shape: report.load_rows reads it back."""
+    keep = ("median_ms", "iqr_ms", "rounds")
+    data = {"mode": "alternating", "benchmarks": [
+        {"name": f"{r['model']}-b{r['batch']}-{r['provider']}",
+         "stats": {"median": r["median_ms"] / 1e3, "iqr": r["iqr_ms"] / 1e3, "rounds": r["rounds"]},
+         "extra_info": {k: v for k, v in r.items() if k not in keep}} for r in rows]}
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1)
