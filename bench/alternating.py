@@ -3,9 +3,9 @@
 pytest-benchmark (test_latency.py) times one provider after another; on a shared 2-core machine the
 load drifts over minutes, so a ratio of two such medians mixes in the drift. Here every provider is
 built once, then each round times a block of calls of each provider in turn (the order rotating
-each round), and the medians of the blocks are compared. Before each block one untimed call and a
-50 ms pause let the previous provider's worker threads go idle: ONNX Runtime's pool spins after a
-run and would otherwise take cores from whoever runs next.
+each round), and the medians of the blocks are compared. Before each block a 50 ms pause lets the
+previous provider's worker threads go idle (ONNX Runtime's pool spins after a run and would
+otherwise take cores from whoever runs next), then one untimed call wakes this provider's own.
 
 The ferfuse providers' logits are checked against a float64 copy of the same model in the same run.
 The JSON has pytest-benchmark's shape ("benchmarks" with "stats" and "extra_info"), so `ferfuse
@@ -19,6 +19,7 @@ import time
 import torch
 
 from ferfuse import models
+from ferfuse.engine import report
 
 from .providers import available, build
 
@@ -32,13 +33,21 @@ def _machine(device: str) -> str:
             f"{torch.get_num_threads()} threads)")
 
 
+def _ort_version() -> str | None:
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    return onnxruntime.__version__
+
+
 def _logits(out) -> torch.Tensor:
     while isinstance(out, (tuple, list)):
         out = out[0]
     return torch.as_tensor(out).detach().cpu().double()
 
 
-def run(model_names, batches, providers, *, rounds: int = 9, device: str = "cpu", min_block_s: float = 0.05,
+def run(model_names, batches, providers, *, rounds: int = 9, device: str = "cpu", min_block_s: float = 0.2,
         log=print) -> list[dict]:
     """Rows of median/IQR per (model, batch, provider), each with the logits' relative error
     against float64 for the ferfuse providers."""
@@ -60,7 +69,8 @@ def run(model_names, batches, providers, *, rounds: int = 9, device: str = "cpu"
                     log(f"  {name} b{batch} {provider}: skipped ({reason})")
                     continue
                 t0 = time.perf_counter()
-                fn = build(provider, copy.deepcopy(base), x, device, torch.float32)
+                model = copy.deepcopy(base)
+                fn = build(provider, model, x, device, torch.float32)
                 out = fn(x)  # first call: compiles, packs, builds sessions
                 build_s = time.perf_counter() - t0
                 for _ in range(2):
@@ -68,6 +78,8 @@ def run(model_names, batches, providers, *, rounds: int = 9, device: str = "cpu"
                 err = ((_logits(out) - ref).norm() / ref.norm()).item()
                 runs[provider] = fn
                 info[provider] = {"build_s": build_s, "logits_rel_error": err}
+                if provider.startswith("ferfuse"):  # which convolution executor optimize() chose
+                    info[provider]["executor"] = report(model).executor
             # calls per block: enough for min_block_s on the slowest provider
             per_call = {}
             for provider, fn in runs.items():
@@ -80,8 +92,8 @@ def run(model_names, batches, providers, *, rounds: int = 9, device: str = "cpu"
             for r in range(rounds):
                 for provider in order[r % len(order):] + order[:r % len(order)]:
                     fn = runs[provider]
-                    fn(x)
-                    time.sleep(PAUSE_S)
+                    time.sleep(PAUSE_S)  # the previous provider's workers go idle
+                    fn(x)  # wakes this provider's workers, warms its caches
                     t0 = time.perf_counter()
                     for _ in range(block):
                         fn(x)
@@ -94,7 +106,7 @@ def run(model_names, batches, providers, *, rounds: int = 9, device: str = "cpu"
                              "device_name": _machine(device), "torch": torch.__version__,
                              "triton": triton.__version__, "median_ms": statistics.median(s) * 1e3,
                              "iqr_ms": (q[2] - q[0]) * 1e3, "rounds": len(s), "calls_per_round": block,
-                             "mode": "alternating", **info[provider]})
+                             "onnxruntime": _ort_version(), "mode": "alternating", **info[provider]})
             log(f"  {name} b{batch}: " + ", ".join(f"{r['provider']} {r['median_ms']:.2f} ms" for r in rows
                                                     if r["model"] == name and r["batch"] == batch))
     return rows

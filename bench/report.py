@@ -32,7 +32,8 @@ def table(rows: list[dict]) -> str:
                    + (f" {'build s':>8} {'logits rel err':>15}" if extra else ""))
         for r in sorted(rs, key=lambda r: r["median_ms"]):
             speedup = f"{r['median_ms'] / best['median_ms']:.2f}x" if best else "-"
-            out.append(f"  {r['provider']:<28} {r['median_ms']:>10.2f} {r['iqr_ms']:>8.2f} "
+            name = r["provider"] + (f" ({r['executor']})" if r.get("executor") else "")
+            out.append(f"  {name:<28} {r['median_ms']:>10.2f} {r['iqr_ms']:>8.2f} "
                        f"{1e3 * batch / r['median_ms']:>10.1f} {speedup:>17}"
                        + (f" {r['build_s']:>8.1f} {r['logits_rel_error']:>15.1e}" if extra else ""))
     return "\n".join(out)

@@ -59,3 +59,16 @@ def test_bench_command_writes_rows_table_and_plot(tmp_path):
 def test_env_command():
     out = _ferfuse("env")
     assert "torch" in out and "triton" in out and "onednn" in out
+
+
+def test_bench_alternate_times_providers_in_rounds(tmp_path):
+    out = _ferfuse("bench", "--alternate", "--rounds", "3", "--device", "cpu", "--model", "dan", "--batch", "1",
+                   "--providers", "eager", "onnxruntime", "ferfuse-torch", "--json", str(tmp_path / "a.json"))
+    rows = load_rows(tmp_path / "a.json")
+    assert {r["provider"] for r in rows} == {"eager", "onnxruntime", "ferfuse-torch"}
+    for r in rows:
+        assert r["mode"] == "alternating" and r["rounds"] == 3 and r["median_ms"] > 0 and r["build_s"] > 0
+        assert r["logits_rel_error"] < 1e-4  # every provider agrees with the float64 reference
+    ferfuse = next(r for r in rows if r["provider"] == "ferfuse-torch")
+    assert ferfuse["executor"] in ("onednn", "winograd", "aten")
+    assert f"ferfuse-torch ({ferfuse['executor']})" in out and "build s" in out
