@@ -45,20 +45,37 @@ INLINE void at6(float o[4][L], const float *m0, const float *m1, const float *m2
     }
 }
 
+/* One output pixel's block of channels: y = act(value + bias (+ residual)). The ReLU keeps NaN,
+ * as torch.relu does. */
+INLINE void store_pixel(float *dst, const float *val, const float *bias, const float *res, int lanes, int relu) {
+    for (int l = 0; l < lanes; l++) {
+        float v = val[l] + bias[l];
+        if (res) v += res[l];
+        dst[l] = (relu && v < 0.f) ? 0.f : v;
+    }
+}
+
+/* An a×a input tile at (h0, w0) into d[a][a][L]: zeros outside the map (the conv's padding) and in
+ * the unused lanes of a tail block. */
+INLINE void load_tile(float *d, int a, const float *x, int H, int W, int C, int h0, int w0, int c0, int lanes) {
+    for (int i = 0; i < a; i++) {
+        int h = h0 + i;
+        for (int j = 0; j < a; j++) {
+            int w = w0 + j;
+            float *dst = d + (i * a + j) * L;
+            if (lanes < L) memset(dst, 0, sizeof(float) * L);
+            if (h >= 0 && h < H && w >= 0 && w < W)
+                memcpy(dst, x + ((int64_t)h * W + w) * C + c0, sizeof(float) * lanes);
+            else
+                memset(dst, 0, sizeof(float) * L);
+        }
+    }
+}
+
 /* `lanes` is the literal L for full blocks (inlined: fixed-size copies become vector moves) */
 INLINE void input_tile(const float *x, float *v, int H, int W, int C, int h0, int w0, int c0, int lanes) {
     float d[6][6][L], t[6][6][L];  /* d[row][col][lane]; t[u][col][lane] */
-    if (lanes < L) memset(d, 0, sizeof d);  /* the unused lanes of a tail block compute zeros */
-    for (int i = 0; i < 6; i++) {
-        int h = h0 + i;
-        for (int j = 0; j < 6; j++) {
-            int w = w0 + j;
-            if (h >= 0 && h < H && w >= 0 && w < W)
-                memcpy(d[i][j], x + ((int64_t)h * W + w) * C + c0, sizeof(float) * lanes);
-            else
-                memset(d[i][j], 0, sizeof(float) * L);
-        }
-    }
+    load_tile(&d[0][0][0], 6, x, H, W, C, h0, w0, c0, lanes);
     for (int j = 0; j < 6; j++) {  /* down the rows: t[.][j] = B^T d[.][j] */
         float col[6][L];
         bt6(col, d[0][j], d[1][j], d[2][j], d[3][j], d[4][j], d[5][j]);
@@ -71,19 +88,6 @@ INLINE void input_tile(const float *x, float *v, int H, int W, int C, int h0, in
     }
 }
 
-void winograd_f43_input(const float *x, float *v, int B, int H, int W, int C, int Th, int Tw, int threads) {
-    int64_t tiles = (int64_t)B * Th * Tw;
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t tile = 0; tile < tiles; tile++) {
-        int b = (int)(tile / ((int64_t)Th * Tw)), r = (int)(tile % ((int64_t)Th * Tw));
-        int ty = r / Tw, tx = r % Tw;
-        const float *xb = x + (int64_t)b * H * W * C;
-        float *vt = v + tile * 36 * C;
-        int c0 = 0;
-        for (; c0 + L <= C; c0 += L) input_tile(xb, vt, H, W, C, 4 * ty - 1, 4 * tx - 1, c0, L);
-        if (c0 < C) input_tile(xb, vt, H, W, C, 4 * ty - 1, 4 * tx - 1, c0, C - c0);
-    }
-}
 
 INLINE void output_tile(const float *m, const float *bias, const float *res, float *y, int H, int W, int K,
                         int h0, int w0, int k0, int lanes, int relu) {
@@ -102,32 +106,11 @@ INLINE void output_tile(const float *m, const float *bias, const float *res, flo
         at6(out, t[i][0], t[i][1], t[i][2], t[i][3], t[i][4], t[i][5]);
         for (int j = 0; j < 4 && w0 + j < W; j++) {
             int64_t at = ((int64_t)(h0 + i) * W + w0 + j) * K + k0;
-            float *dst = y + at;
-            for (int l = 0; l < lanes; l++) {
-                float val = out[j][l] + bias[k0 + l];
-                if (res) val += res[at + l];
-                /* NaN-propagating ReLU: a NaN stays NaN, as torch.relu keeps it */
-                dst[l] = (relu && val < 0.f) ? 0.f : val;
-            }
+            store_pixel(y + at, out[j], bias + k0, res ? res + at : 0, lanes, relu);
         }
     }
 }
 
-void winograd_f43_output(const float *m, const float *bias, const float *res, float *y, int B, int H, int W,
-                         int K, int Th, int Tw, int relu, int threads) {
-    int64_t tiles = (int64_t)B * Th * Tw;
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t tile = 0; tile < tiles; tile++) {
-        int b = (int)(tile / ((int64_t)Th * Tw)), r = (int)(tile % ((int64_t)Th * Tw));
-        int ty = r / Tw, tx = r % Tw;
-        int64_t plane = (int64_t)b * H * W * K;
-        const float *mt = m + tile * 36 * K;
-        const float *rp = res ? res + plane : 0;
-        int k0 = 0;
-        for (; k0 + L <= K; k0 += L) output_tile(mt, bias, rp, y + plane, H, W, K, 4 * ty, 4 * tx, k0, L, relu);
-        if (k0 < K) output_tile(mt, bias, rp, y + plane, H, W, K, 4 * ty, 4 * tx, k0, K - k0, relu);
-    }
-}
 
 /* ---- F(2x2, 3x3): 4x4 input tiles, 16 products per tile (2.25x fewer multiply-adds than direct).
  * For small maps (7x7) where F(4x4, 3x3)'s 36 transformed matrices cost more to read than they
@@ -135,17 +118,7 @@ void winograd_f43_output(const float *m, const float *bias, const float *res, fl
 
 INLINE void input_tile2(const float *x, float *v, int H, int W, int C, int h0, int w0, int c0, int lanes) {
     float d[4][4][L], t[4][4][L];
-    if (lanes < L) memset(d, 0, sizeof d);
-    for (int i = 0; i < 4; i++) {
-        int h = h0 + i;
-        for (int j = 0; j < 4; j++) {
-            int w = w0 + j;
-            if (h >= 0 && h < H && w >= 0 && w < W)
-                memcpy(d[i][j], x + ((int64_t)h * W + w) * C + c0, sizeof(float) * lanes);
-            else
-                memset(d[i][j], 0, sizeof(float) * L);
-        }
-    }
+    load_tile(&d[0][0][0], 4, x, H, W, C, h0, w0, c0, lanes);
     for (int j = 0; j < 4; j++)
         for (int l = 0; l < L; l++) {
             t[0][j][l] = d[0][j][l] - d[2][j][l];
@@ -165,19 +138,6 @@ INLINE void input_tile2(const float *x, float *v, int H, int W, int C, int h0, i
     }
 }
 
-void winograd_f23_input(const float *x, float *v, int B, int H, int W, int C, int Th, int Tw, int threads) {
-    int64_t tiles = (int64_t)B * Th * Tw;
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t tile = 0; tile < tiles; tile++) {
-        int b = (int)(tile / ((int64_t)Th * Tw)), r = (int)(tile % ((int64_t)Th * Tw));
-        int ty = r / Tw, tx = r % Tw;
-        const float *xb = x + (int64_t)b * H * W * C;
-        float *vt = v + tile * 16 * C;
-        int c0 = 0;
-        for (; c0 + L <= C; c0 += L) input_tile2(xb, vt, H, W, C, 2 * ty - 1, 2 * tx - 1, c0, L);
-        if (c0 < C) input_tile2(xb, vt, H, W, C, 2 * ty - 1, 2 * tx - 1, c0, C - c0);
-    }
-}
 
 INLINE void output_tile2(const float *m, const float *bias, const float *res, float *y, int H, int W, int K,
                          int h0, int w0, int k0, int lanes, int relu) {
@@ -199,28 +159,45 @@ INLINE void output_tile2(const float *m, const float *bias, const float *res, fl
         }
         for (int j = 0; j < 2 && w0 + j < W; j++) {
             int64_t at = ((int64_t)(h0 + i) * W + w0 + j) * K + k0;
-            float *dst = y + at;
-            for (int l = 0; l < lanes; l++) {
-                float val = out[j][l] + bias[k0 + l];
-                if (res) val += res[at + l];
-                dst[l] = (relu && val < 0.f) ? 0.f : val;
-            }
+            store_pixel(y + at, out[j], bias + k0, res ? res + at : 0, lanes, relu);
         }
     }
 }
 
-void winograd_f23_output(const float *m, const float *bias, const float *res, float *y, int B, int H, int W,
-                         int K, int Th, int Tw, int relu, int threads) {
-    int64_t tiles = (int64_t)B * Th * Tw;
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t tile = 0; tile < tiles; tile++) {
-        int b = (int)(tile / ((int64_t)Th * Tw)), r = (int)(tile % ((int64_t)Th * Tw));
-        int ty = r / Tw, tx = r % Tw;
-        int64_t plane = (int64_t)b * H * W * K;
-        const float *mt = m + tile * 16 * K;
-        const float *rp = res ? res + plane : 0;
-        int k0 = 0;
-        for (; k0 + L <= K; k0 += L) output_tile2(mt, bias, rp, y + plane, H, W, K, 2 * ty, 2 * tx, k0, L, relu);
-        if (k0 < K) output_tile2(mt, bias, rp, y + plane, H, W, K, 2 * ty, 2 * tx, k0, K - k0, relu);
+/* ---- the tile loops: one OpenMP iteration per tile (b, ty, tx), channel blocks of L with a tail.
+ * M: output tile size, A2: products per tile. */
+#define INPUT_DRIVER(NAME, TILE_FN, M, A2)                                                              \
+    void NAME(const float *x, float *v, int B, int H, int W, int C, int Th, int Tw, int threads) {     \
+        int64_t tiles = (int64_t)B * Th * Tw;                                                          \
+        _Pragma("omp parallel for num_threads(threads) schedule(static)")                              \
+        for (int64_t tile = 0; tile < tiles; tile++) {                                                 \
+            int b = (int)(tile / ((int64_t)Th * Tw)), r = (int)(tile % ((int64_t)Th * Tw));            \
+            int h0 = M * (r / Tw) - 1, w0 = M * (r % Tw) - 1;                                         \
+            const float *xb = x + (int64_t)b * H * W * C;                                              \
+            float *vt = v + tile * A2 * C;                                                             \
+            int c0 = 0;                                                                                \
+            for (; c0 + L <= C; c0 += L) TILE_FN(xb, vt, H, W, C, h0, w0, c0, L);                      \
+            if (c0 < C) TILE_FN(xb, vt, H, W, C, h0, w0, c0, C - c0);                                  \
+        }                                                                                              \
     }
-}
+
+#define OUTPUT_DRIVER(NAME, TILE_FN, M, A2)                                                             \
+    void NAME(const float *m, const float *bias, const float *res, float *y, int B, int H, int W, int K, \
+              int Th, int Tw, int relu, int threads) {                                                 \
+        int64_t tiles = (int64_t)B * Th * Tw;                                                          \
+        _Pragma("omp parallel for num_threads(threads) schedule(static)")                              \
+        for (int64_t tile = 0; tile < tiles; tile++) {                                                 \
+            int b = (int)(tile / ((int64_t)Th * Tw)), r = (int)(tile % ((int64_t)Th * Tw));            \
+            int h0 = M * (r / Tw), w0 = M * (r % Tw);                                                 \
+            int64_t plane = (int64_t)b * H * W * K;                                                    \
+            const float *mt = m + tile * A2 * K, *rp = res ? res + plane : 0;                          \
+            int k0 = 0;                                                                                \
+            for (; k0 + L <= K; k0 += L) TILE_FN(mt, bias, rp, y + plane, H, W, K, h0, w0, k0, L, relu); \
+            if (k0 < K) TILE_FN(mt, bias, rp, y + plane, H, W, K, h0, w0, k0, K - k0, relu);           \
+        }                                                                                              \
+    }
+
+INPUT_DRIVER(winograd_f43_input, input_tile, 4, 36)
+OUTPUT_DRIVER(winograd_f43_output, output_tile, 4, 36)
+INPUT_DRIVER(winograd_f23_input, input_tile2, 2, 16)
+OUTPUT_DRIVER(winograd_f23_output, output_tile2, 2, 16)
