@@ -176,8 +176,9 @@ def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32"
         _verify(model, reference, state, entries, example_inputs, device, strict)
     rep.fused = [entries[id(u)] for u in state.units]
     if state.guard is not None and state.guard.nonfinite_to_original:
+        spread = "; a Winograd tile spreads NaN over 4×4 outputs" if rep.executor == "winograd" else ""
         rep.notes.append("inputs holding NaN or Inf run the original forward (oneDNN's fused ReLU would map "
-                         "NaN to 0); finite inputs run fused")
+                         f"NaN to 0{spread}); finite inputs run fused")
     return model
 
 
