@@ -7,12 +7,11 @@ each round), and the medians of the blocks are compared. Before each block a 50 
 previous provider's worker threads go idle (ONNX Runtime's pool spins after a run and would
 otherwise take cores from whoever runs next), then one untimed call wakes this provider's own.
 
-The ferfuse providers' logits are checked against a float64 copy of the same model in the same run.
+Every provider's logits are compared with a float64 copy of the same model in the same run.
 The JSON has pytest-benchmark's shape ("benchmarks" with "stats" and "extra_info"), so `ferfuse
 bench --plot` and report.table read it."""
 import copy
 import json
-import platform
 import statistics
 import time
 
@@ -20,17 +19,11 @@ import torch
 
 from ferfuse import models
 from ferfuse.engine import report
+from ferfuse.engine.verify import first_tensor
 
-from .providers import available, build
+from .providers import available, build, device_name
 
 PAUSE_S = 0.05
-
-
-def _machine(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name(0)
-    return (f"{platform.processor() or platform.machine()} ({torch.backends.cpu.get_cpu_capability()}, "
-            f"{torch.get_num_threads()} threads)")
 
 
 def _ort_version() -> str | None:
@@ -42,15 +35,13 @@ def _ort_version() -> str | None:
 
 
 def _logits(out) -> torch.Tensor:
-    while isinstance(out, (tuple, list)):
-        out = out[0]
-    return torch.as_tensor(out).detach().cpu().double()
+    return torch.as_tensor(first_tensor(out)).detach().cpu().double()  # ONNX Runtime gives numpy
 
 
 def run(model_names, batches, providers, *, rounds: int = 9, device: str = "cpu", min_block_s: float = 0.2,
         log=print) -> list[dict]:
-    """Rows of median/IQR per (model, batch, provider), each with the logits' relative error
-    against float64 for the ferfuse providers."""
+    """Rows of median/IQR per (model, batch, provider), each with its build time (first call
+    included) and its logits' relative error against float64."""
     import triton
 
     rows = []
@@ -103,7 +94,7 @@ def run(model_names, batches, providers, *, rounds: int = 9, device: str = "cpu"
             for provider, s in samples.items():
                 q = statistics.quantiles(s, n=4) if len(s) > 1 else [s[0]] * 3
                 rows.append({"model": name, "provider": provider, "batch": batch, "dtype": "fp32", "device": device,
-                             "device_name": _machine(device), "torch": torch.__version__,
+                             "device_name": device_name(device), "torch": torch.__version__,
                              "triton": triton.__version__, "median_ms": statistics.median(s) * 1e3,
                              "iqr_ms": (q[2] - q[0]) * 1e3, "rounds": len(s), "calls_per_round": block,
                              "onnxruntime": _ort_version(), "mode": "alternating", **info[provider]})

@@ -3,7 +3,6 @@
 The parametrisation comes from options (the `ferfuse bench` command sets them); the defaults are
 the small set CI runs once each with --benchmark-disable."""
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -50,17 +49,13 @@ def device(request):
     return dev
 
 
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name(0)
-    return f"{platform.processor() or platform.machine()} ({torch.backends.cpu.get_cpu_capability()}, " \
-           f"{torch.get_num_threads()} threads)"
 
 
 @pytest.fixture
 def record(benchmark):
     """Fill a benchmark row's extra_info with what a result needs to be read later."""
     import triton
+    from providers import device_name
 
     def fill(**info):
         device = info.get("device", "cpu")

@@ -5,12 +5,21 @@ eager, torch.compile (default mode), torch.compile-max-autotune, torch.compile-f
 inductor with frozen weights, the CPU peer of engine.md), onnxruntime (CPU, or CUDA when its
 provider is installed), ferfuse-torch, ferfuse-triton (CUDA)."""
 import os
+import platform
 import tempfile
 
 import torch
 
 PROVIDERS = ["eager", "torch.compile", "torch.compile-max-autotune", "torch.compile-freezing", "onnxruntime",
              "ferfuse-torch", "ferfuse-triton"]
+
+
+def device_name(device: str) -> str:
+    """The machine a timing came from, for every result row."""
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    return (f"{platform.processor() or platform.machine()} ({torch.backends.cpu.get_cpu_capability()}, "
+            f"{torch.get_num_threads()} threads)")
 
 
 def available(provider: str, device: str) -> str | None:
