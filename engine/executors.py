@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from . import winograd
 
 EXECUTORS = ("aten", "onednn", "winograd")
+# the CPU executors: oneDNN prepacked convs with fused epilogues (Winograd on top of oneDNN)
+ONEDNN_EXECUTORS = ("onednn", "winograd")
 
 
 def winograd_tile(h: int, w: int) -> int | None:
@@ -47,7 +49,7 @@ class ConvRunner:
         self.weight = weight
         self._packed: dict[tuple, torch.Tensor] = {}
         self.winograd_eligible = executor == "winograd" and groups == 1 and winograd.eligible(
-            weight, stride, padding, dilation, groups)  # grouped (DAN's heads): direct measured faster
+            weight, stride, padding, dilation)  # grouped (DAN's heads): direct measured faster
         self._winograd: dict[int, winograd.WinogradConv] = {}  # per tile size, built on first use
 
     def packed(self, shape: torch.Size) -> torch.Tensor:

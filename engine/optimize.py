@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from ..kernels.compat import INTERPRET
 from . import winograd
-from .executors import EXECUTORS, onednn_available
+from .executors import EXECUTORS, ONEDNN_EXECUTORS, onednn_available
 from .fused import FusedUnit
 from .guard import InputGuard
 from .patterns import Skip, all_patterns
@@ -55,9 +55,9 @@ def resolve_executor(executor: str, device: torch.device, backend: str, dtype: t
     if executor not in ("auto", *EXECUTORS):
         raise ValueError(f"executor must be 'auto', {', '.join(repr(e) for e in EXECUTORS)}, got {executor!r}")
     fits = device.type == "cpu" and backend == "torch" and dtype == torch.float32
-    if executor in ("onednn", "winograd") and not fits:
+    if executor in ONEDNN_EXECUTORS and not fits:
         raise ValueError(f"executor={executor!r} runs fp32 CPU models on the torch backend only")
-    if executor in ("auto", "onednn", "winograd") and fits:
+    if executor in ("auto", *ONEDNN_EXECUTORS) and fits:
         if not onednn_available():
             if executor != "auto":
                 raise ValueError(f"executor={executor!r}: this torch build has no oneDNN convolution ops")
@@ -137,7 +137,7 @@ def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32"
     rep.executor = executor
     reference = copy.deepcopy(model).double().eval() if verify else None
     # built before anything is swapped: its dry runs use the original forward
-    guard = InputGuard(model, device, nonfinite_to_original=executor in ("onednn", "winograd"))
+    guard = InputGuard(model, device, nonfinite_to_original=executor in ONEDNN_EXECUTORS)
 
     units, claimed = [], set()
     for pattern in all_patterns():
@@ -199,7 +199,7 @@ def _set_executor(state: EngineState, executor: str):
         unit.executor = executor
         unit._cache = None  # folded weights are rebuilt for the new executor
     if state.guard is not None:
-        state.guard.nonfinite_to_original = executor in ("onednn", "winograd")
+        state.guard.nonfinite_to_original = executor in ONEDNN_EXECUTORS
     state.report.executor = executor
 
 

@@ -69,7 +69,7 @@ class WinogradUnavailable(RuntimeError):
     """The transforms could not be built here (no C compiler, a failed build)."""
 
 
-def eligible(weight: torch.Tensor, stride, padding, dilation, groups) -> bool:
+def eligible(weight: torch.Tensor, stride, padding, dilation) -> bool:
     """A 3×3 convolution (dense or grouped) with stride 1, padding 1 and no dilation."""
     return (weight.dim() == 4 and tuple(weight.shape[2:]) == (3, 3) and tuple(stride) == (1, 1)
             and tuple(padding) == (1, 1) and tuple(dilation) == (1, 1))
@@ -144,7 +144,8 @@ def _build() -> ctypes.CDLL:
             raise WinogradUnavailable(f"no C compiler ({cc}: {err.strerror})") from None
         if done.returncode != 0:
             os.unlink(tmp)
-            raise WinogradUnavailable(f"{cc} failed on {SOURCE.name}: {done.stderr.strip().splitlines()[:1]}")
+            first = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[0]
+            raise WinogradUnavailable(f"{cc} failed on {SOURCE.name}: {first}")
         os.replace(tmp, target)  # atomic: a racing process finds a whole library or none
     lib = ctypes.CDLL(str(target))
     i, p = ctypes.c_int, ctypes.c_void_p

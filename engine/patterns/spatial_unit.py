@@ -9,7 +9,7 @@ from ...kernels import ops
 from ...kernels.compat import triton_runs_on
 from ...kernels.spatial_attention import spatial_attention_map_reference, spatial_attention_map_triton
 from ..algebra import fold_batchnorm, layer_bias, merge_asymmetric_kernels
-from ..executors import ConvRunner
+from ..executors import ONEDNN_EXECUTORS, ConvRunner
 
 BRANCHES = {"conv1x1": ((1, 1), (0, 0)), "conv_3x3": ((3, 3), (1, 1)),
             "conv_1x3": ((1, 3), (0, 1)), "conv_3x1": ((3, 1), (1, 0))}
@@ -72,7 +72,7 @@ def fold_spatial_units(sas, device, dtype, executor: str, backend: str) -> dict:
     w1, b1, w3, b3 = torch.cat(w1), torch.cat(b1), torch.stack(w3), torch.stack(b3)
     K, O, R = w3.shape[:3]
     f32 = torch.float32
-    if executor in ("onednn", "winograd"):
+    if executor in ONEDNN_EXECUTORS:
         return {"conv1x1": ConvRunner(w1.view(K * R, -1, 1, 1).to(device, f32), b1.to(device, f32), executor),
                 "conv3x3": ConvRunner(w3.reshape(K * O, R, 3, 3).to(device, f32), b3.view(-1).to(device, f32),
                                       executor, padding=(1, 1), groups=K)}

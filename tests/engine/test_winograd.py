@@ -176,6 +176,9 @@ def test_unbuildable_transforms_are_reported(monkeypatch, tmp_path):
     monkeypatch.setenv("FERFUSE_CACHE", str(tmp_path))
     with pytest.raises(winograd.WinogradUnavailable, match="no C compiler"):
         winograd._build()
+    monkeypatch.setenv("CC", "false")  # a "compiler" that fails without a word
+    with pytest.raises(winograd.WinogradUnavailable, match="false failed on winograd.c: exit status 1"):
+        winograd._build()
     monkeypatch.setattr(winograd, "unavailable_reason", lambda: "no C compiler (cc: not found)")
     model = randomize_batchnorm(models.dan(num_heads=1), seed=7).eval()
     with pytest.raises(ValueError, match="cannot be built here: no C compiler"):
