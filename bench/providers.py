@@ -3,7 +3,8 @@
 
 eager, torch.compile (default mode), torch.compile-max-autotune, torch.compile-freezing (CPU:
 inductor with frozen weights, the CPU peer of engine.md), onnxruntime (CPU, or CUDA when its
-provider is installed), ferfuse-torch, ferfuse-triton (CUDA)."""
+provider is installed), ferfuse-torch, ferfuse-triton (CUDA). The ferfuse providers run the
+default `optimize()`, as a user would: no example input at the timed batch."""
 import os
 import platform
 import tempfile
@@ -53,8 +54,10 @@ def build(provider: str, model: torch.nn.Module, example: torch.Tensor, device: 
     if provider == "onnxruntime":
         return _onnxruntime(model, example, device)
     if provider in ("ferfuse-torch", "ferfuse-triton"):
+        # what a user gets: the default optimize(), no example at the timed batch (the executor is
+        # chosen per input shape on its first call, which the warm-up makes)
         precision = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
-        model.optimize(backend=provider.removeprefix("ferfuse-"), precision=precision, example_inputs=example)
+        model.optimize(backend=provider.removeprefix("ferfuse-"), precision=precision)
         return _no_grad(model)
     raise ValueError(f"unknown provider {provider!r}; known: {PROVIDERS}")
 

@@ -19,10 +19,10 @@ def table(rows: list[dict]) -> str:
     """One block per (model, batch, dtype, device); each provider's median, spread, images/s and
     the best ferfuse provider's speed-up over it (peer median / ferfuse median)."""
     groups = defaultdict(list)
-    for r in rows:
-        groups[(r["model"], r["batch"], r["dtype"], r["device"])].append(r)
+    for r in rows:  # alternating runs may meet a batch size twice (1 2 8 32 1): `step` keeps them apart
+        groups[(r["model"], r.get("step", 0), r["batch"], r["dtype"], r["device"])].append(r)
     out = []
-    for (model, batch, dtype, device), rs in sorted(groups.items()):
+    for (model, _, batch, dtype, device), rs in sorted(groups.items()):
         ferfuse = [r for r in rs if r["provider"].startswith("ferfuse")]
         best = min(ferfuse, key=lambda r: r["median_ms"]) if ferfuse else None
         out.append(f"\n{model}, batch {batch}, {dtype}, {device} ({rs[0].get('device_name', '')}; "

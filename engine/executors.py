@@ -1,8 +1,21 @@
-"""How a folded convolution runs: `aten` (F.conv2d: cuDNN on GPU, any device, traceable),
-`onednn` (CPU: weights prepacked once into oneDNN's blocked layout, activations channels_last,
-bias + ReLU and the residual add fused into the convolution, as inductor's CPU freezing does), or
-`winograd` (CPU: `onednn`, except that dense stride-1 3×3 convolutions run as Winograd, engine/winograd.py:
-F(4×4, 3×3) on maps of at least 14×14, 4× fewer multiply-adds; F(2×2, 3×3) on 7×7 to 13×13, 2.25×)."""
+"""How a folded convolution runs, chosen per call and measured on the CPU in hand:
+
+- `aten`: F.conv2d (cuDNN on GPU, any device, traceable);
+- `onednn` (CPU): weights prepacked into oneDNN's blocked layout for each input shape,
+  activations channels_last, bias + ReLU and the residual add fused into the convolution, as
+  inductor's CPU freezing does;
+- `winograd` (CPU): `onednn`, except that each dense stride-1 3×3 convolution runs as Winograd
+  F(4×4, 3×3), F(2×2, 3×3) or direct, whichever its first call at an input shape timed fastest
+  (engine/winograd.py).
+
+A fused model holds one `ConvRunner` per folded convolution; which executor a call uses is set
+by the model's guard for that call (`use_executor`), from an `ExecutorChoice` that times the
+candidates on the first call of every input shape: cuDNN's benchmark mode, TensorRT's
+optimisation profiles. No rule measured on one instruction set decides it for another (AVX2 and
+AVX-512 pack, tile and fuse differently: engine.md)."""
+import threading
+import time
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -12,15 +25,103 @@ from . import winograd
 EXECUTORS = ("aten", "onednn", "winograd")
 # the CPU executors: oneDNN prepacked convs with fused epilogues (Winograd on top of oneDNN)
 ONEDNN_EXECUTORS = ("onednn", "winograd")
+# what verification runs so that every form a tuned Winograd conv can take at any shape is checked:
+# the executor name with its tile forced on every eligible conv (direct is `onednn`)
+FORCED_TILE = {"winograd-f4": 4, "winograd-f2": 2}
+TIMED_RUNS = 2  # timed calls per candidate after an untimed one (which packs); the fastest counts
+
+_SELECTED = threading.local()
+# Winograd tile per convolution geometry, input shape, epilogue and thread count: what the timing
+# depends on (never the weights), so equal convs share one timing and a reload keeps the choices
+TILE_BY_PROBLEM: dict[tuple, int | None] = {}
+_TILE_LOCK = threading.Lock()
 
 
-def winograd_tile(h: int, w: int) -> int | None:
-    """The Winograd output tile for an h×w map, None for direct convolution. Measured here (2 cores,
-    AVX-512) against prepacked oneDNN: F(4×4) runs 2.0-2.5× faster on 14×14 to 56×56 maps at batch 1
-    and 8, but at 7×7 (4 tiles, 31% of them padding) reading its 36 transformed 512×512 matrices
-    costs more than it saves (0.76-0.83×); F(2×2) is 1.08-1.10× there. Below 7×7 nothing was measured."""
-    size = min(h, w)
-    return 4 if size >= 14 else 2 if size >= 7 else None
+class use_executor:
+    """Within this context, in this thread, folded convolutions run on `executor`."""
+
+    def __init__(self, executor: str):
+        self.executor = executor
+
+    def __enter__(self):
+        self.before = getattr(_SELECTED, "executor", None)
+        _SELECTED.executor = self.executor
+
+    def __exit__(self, *exc):
+        _SELECTED.executor = self.before
+
+
+def selected_executor(default: str | None = None) -> str | None:
+    """The executor set by `use_executor` in this thread, else `default`."""
+    return getattr(_SELECTED, "executor", None) or default
+
+
+def verification_forms(candidates: tuple[str, ...], runners=None) -> tuple[str, ...]:
+    """Every numerically distinct way `candidates` can run a convolution: a tuned Winograd conv
+    may be direct, F(4×4) or F(2×2) at some shape, so all three are verified. Given the
+    `runners` of one unit, the Winograd forms count only where one of them can take them."""
+    forms = []
+    for executor in candidates:
+        forms += ["onednn", *FORCED_TILE] if executor == "winograd" else [executor]
+    if runners is not None and not any(r.winograd_eligible for r in runners):
+        forms = [f for f in forms if f not in FORCED_TILE]
+    return tuple(dict.fromkeys(forms))
+
+
+def fastest(candidates, run, runs: int = TIMED_RUNS) -> tuple[object, dict]:
+    """Time `run(candidate)` for each candidate (one untimed call first: it packs and warms) and
+    return (the fastest, {candidate: ms})."""
+    timings = {}
+    for candidate in candidates:
+        run(candidate)
+        best = float("inf")
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            run(candidate)
+            best = min(best, time.perf_counter() - t0)
+        timings[candidate] = best * 1e3
+    return min(timings, key=timings.get), timings
+
+
+class ExecutorChoice:
+    """Per input shape, the fastest of `candidates`, timed on the first call of that shape (a
+    call in flight for another shape waits for the timing). `by_shape` and `timings` are read
+    by the report."""
+
+    def __init__(self, candidates: tuple[str, ...]):
+        self.candidates = candidates
+        self.by_shape: dict[tuple, str] = {}
+        self.timings: dict[tuple, dict[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def __getstate__(self):  # deepcopy/pickle of an optimised model: the lock is not state
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    @torch.compiler.disable
+    def for_input(self, x: torch.Tensor, forward) -> str:
+        """The executor for `x`'s shape; `forward(x)` runs the model (no grad) under the selected one."""
+        shape = tuple(x.shape)
+        chosen = self.by_shape.get(shape)
+        if chosen is not None:
+            return chosen
+        with self._lock:
+            if shape not in self.by_shape:
+                if len(self.candidates) == 1:
+                    self.by_shape[shape] = self.candidates[0]
+                else:
+                    def run(executor):
+                        with use_executor(executor):
+                            forward(x)
+
+                    best, self.timings[shape] = fastest(self.candidates, run)
+                    self.by_shape[shape] = best
+            return self.by_shape[shape]
 
 
 def onednn_available() -> bool:
@@ -33,70 +134,107 @@ def onednn_available() -> bool:
     return True
 
 
+PACKED_SHAPES = 8  # packings kept per weight (one per input shape seen, the oldest dropped first)
+
+
+def pack_for_shape(cache: dict, shape: tuple, pack) -> torch.Tensor:
+    """`cache[shape]`, made by `pack()` on first use; at most PACKED_SHAPES shapes are kept, so a
+    stream of ever-new batch sizes costs repacking, not unbounded memory."""
+    packed = cache.get(shape)
+    if packed is None:
+        packed = pack()
+        while len(cache) >= PACKED_SHAPES:
+            cache.pop(next(iter(cache)), None)  # a racing thread may have dropped it already
+        cache[shape] = packed  # a racing thread packs an equal tensor: harmless
+    return packed
+
+
 # activations a folded conv can apply in its epilogue: torch function and oneDNN's post-op name
 ACTIVATIONS = {"relu": (torch.relu, "relu"), "sigmoid": (torch.sigmoid, "sigmoid"), "silu": (F.silu, "swish")}
 
 
 class ConvRunner:
-    """A folded conv; `run(x, act=None, residual=None)` computes act(conv(x) + residual), `act`
-    one of ACTIVATIONS."""
+    """A folded conv; `run(x, act=None, residual=None, executor=...)` computes
+    act(conv(x) + residual), `act` one of ACTIVATIONS, on any of EXECUTORS (or FORCED_TILE)."""
 
-    def __init__(self, weight, bias, executor: str, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+    def __init__(self, weight, bias, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
         self.stride, self.padding, self.dilation = list(stride), list(padding), list(dilation)
-        self.groups, self.bias, self.executor = groups, bias, executor
-        if executor not in EXECUTORS:
-            raise ValueError(f"unknown conv executor {executor!r}; known: {EXECUTORS}")
-        self.weight = weight
+        self.groups, self.bias, self.weight = groups, bias, weight
         self._packed: dict[tuple, torch.Tensor] = {}
-        self.winograd_eligible = executor == "winograd" and groups == 1 and winograd.eligible(
-            weight, stride, padding, dilation)  # grouped (DAN's heads): direct measured faster
+        # grouped convs (DAN's heads) were measured slower as Winograd on both ISAs: direct only
+        self.winograd_eligible = groups == 1 and winograd.eligible(weight, stride, padding, dilation)
         self._winograd: dict[int, winograd.WinogradConv] = {}  # per tile size, built on first use
 
-    def packed(self, shape: torch.Size) -> torch.Tensor:
-        """The weight in oneDNN's blocked layout for inputs of this channels×height×width: the
-        layout depends on the spatial size (a 1×1 packed for 64×64 runs 13× slower on 7×7), not
-        on the batch, so one packing serves every batch size."""
-        key = tuple(shape[1:])
-        packed = self._packed.get(key)
-        if packed is None:
-            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
-                self.weight.contiguous().to_mkldnn(), self.padding, self.stride, self.dilation, self.groups,
-                [1, *key])
-            self._packed[key] = packed  # a racing thread packs the same tensor: harmless
-        return packed
-
     @classmethod
-    def like(cls, conv: nn.Conv2d, weight, bias, executor: str) -> "ConvRunner":
+    def like(cls, conv: nn.Conv2d, weight, bias) -> "ConvRunner":
         """A runner with `conv`'s hyper-parameters (zero padding given as numbers)."""
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ValueError(f"{conv}: only numeric zero padding is folded")
-        return cls(weight, bias, executor, conv.stride, conv.padding, conv.dilation, conv.groups)
+        return cls(weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
-    def winograd(self, x) -> winograd.WinogradConv | None:
-        """The Winograd form that runs input `x`, or None for direct convolution."""
-        tile = winograd_tile(*x.shape[2:]) if self.winograd_eligible else None
-        if tile is None:
-            return None
+    def packed(self, shape: torch.Size) -> torch.Tensor:
+        """The weight in oneDNN's blocked layout for inputs of exactly this shape, batch included:
+        oneDNN picks the layout per problem, and a weight packed for another one is reordered on
+        every call (ONEDNN_VERBOSE on AVX2: packed for batch 1, a batch-2 call reorders each
+        128×128×3×3 weight from Acdb16a to Acdb24a, 5 ms a call; engine.md)."""
+        return pack_for_shape(self._packed, tuple(shape), lambda: torch._C._nn.mkldnn_reorder_conv2d_weight(
+            self.weight.contiguous().to_mkldnn(), self.padding, self.stride, self.dilation, self.groups, list(shape)))
+
+    def winograd(self, tile: int) -> winograd.WinogradConv:
         conv = self._winograd.get(tile)
         if conv is None:  # a racing thread builds an equal one: harmless
             conv = self._winograd[tile] = winograd.WinogradConv(self.weight, self.bias, tile=tile)
         return conv
 
-    def run(self, x, act: str | None = None, residual=None):
-        wino = self.winograd(x) if act in (None, "relu") else None
-        if wino is not None:
-            return wino.run(x, relu=act == "relu", residual=residual)
-        if self.executor != "aten":
-            x = x.contiguous(memory_format=torch.channels_last)
-            op = torch.ops.mkldnn._convolution_pointwise
-            unary = ACTIVATIONS[act][1] if act else "none"
-            weight = self.packed(x.shape)
-            if residual is None:
-                return op(x, weight, self.bias, self.padding, self.stride, self.dilation, self.groups,
-                          unary, [], "")
-            return op.binary(x, residual.contiguous(memory_format=torch.channels_last), weight, self.bias,
-                             self.padding, self.stride, self.dilation, self.groups, "add", 1.0, unary, [], "")
-        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        if residual is not None:
-            y = y + residual
-        return ACTIVATIONS[act][0](y) if act else y
+    def run(self, x, act: str | None = None, residual=None, executor: str = "aten"):
+        if executor == "aten":
+            y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+            if residual is not None:
+                y = y + residual
+            return ACTIVATIONS[act][0](y) if act else y
+        if executor != "onednn" and self.winograd_eligible and act in (None, "relu"):
+            tile = FORCED_TILE.get(executor) or self.tuned_tile(x, act, residual)
+            if tile is not None:
+                return self.winograd(tile).run(x, relu=act == "relu", residual=residual)
+        return self.direct(x, act, residual)
+
+    def direct(self, x, act=None, residual=None):
+        """oneDNN's direct convolution on the weight packed for x's shape, epilogue fused."""
+        x = x.contiguous(memory_format=torch.channels_last)
+        op = torch.ops.mkldnn._convolution_pointwise
+        unary = ACTIVATIONS[act][1] if act else "none"
+        weight = self.packed(x.shape)
+        if residual is None:
+            return op(x, weight, self.bias, self.padding, self.stride, self.dilation, self.groups, unary, [], "")
+        return op.binary(x, residual.contiguous(memory_format=torch.channels_last), weight, self.bias,
+                         self.padding, self.stride, self.dilation, self.groups, "add", 1.0, unary, [], "")
+
+    def problem(self, x, act, residual) -> tuple:
+        """What a tile timing depends on: geometry, input shape, epilogue, threads (TILE_BY_PROBLEM)."""
+        return (tuple(self.weight.shape), tuple(self.stride), tuple(self.padding), tuple(self.dilation),
+                self.groups, tuple(x.shape), act, residual is not None, torch.get_num_threads())
+
+    @torch.compiler.disable
+    def tuned_tile(self, x, act, residual) -> int | None:
+        """The Winograd tile (4, 2) or None (direct) for this problem: timed on its first call in
+        this process, kept after. Maps under 4×4 hold less than one F(2×2) input tile: direct."""
+        key = self.problem(x, act, residual)
+        if key in TILE_BY_PROBLEM:
+            return TILE_BY_PROBLEM[key]
+        with _TILE_LOCK:
+            if key not in TILE_BY_PROBLEM:
+                tile = None
+                if min(x.shape[2:]) >= 4:
+                    def run(t):
+                        if t is None:
+                            return self.direct(x, act, residual)
+                        return self.winograd(t).run(x, relu=act == "relu", residual=residual)
+
+                    tile, _ = fastest((None, 4, 2), run)
+                    for t, conv in self._winograd.items():  # the losers' packings for this shape
+                        if t != tile:
+                            conv.drop_packed(x.shape)
+                    if tile is not None:
+                        self._packed.pop(tuple(x.shape), None)
+                TILE_BY_PROBLEM[key] = tile
+            return TILE_BY_PROBLEM[key]

@@ -12,6 +12,8 @@ import types
 import torch
 import torch.nn as nn
 
+from .executors import selected_executor
+
 _FOLD_LOCK = threading.RLock()  # folded caches are built once, even when threads race to the first call
 UNIT_ATTR = "_ferfuse_unit"
 _CALL = threading.local()  # per-thread: `original` is set while one call must take the original path
@@ -28,6 +30,10 @@ class original_path:
         _CALL.original = self.before
 
 
+def in_original_path() -> bool:
+    return getattr(_CALL, "original", False)
+
+
 class FusedUnit:
     """One fused structure in a model. Subclasses set `pattern` and implement `fold`, `forward`,
     `reference` and `install`."""
@@ -39,7 +45,8 @@ class FusedUnit:
                  executor: str = "aten"):
         self.covered = covered  # qualified name -> original module (not registered anywhere)
         self.backend = backend
-        self.executor = executor  # how folded convolutions run: 'aten' or 'onednn' (engine/executors.py)
+        # how folded convolutions run where no call selected an executor (engine/executors.py)
+        self.executor = executor
         self.dtype = dtype
         self.allow_tf32 = allow_tf32
         self.enabled = True
@@ -89,8 +96,18 @@ class FusedUnit:
         """Derive the fused weights (on `device`) from the covered modules' current tensors."""
         raise NotImplementedError
 
+    def conv_runners(self, device: torch.device) -> list:
+        """The folded convolutions (executors.ConvRunner) this unit runs."""
+        from .executors import ConvRunner
+
+        found = []
+        for value in self.folded(device).values():
+            found += [v for v in (value if isinstance(value, tuple) else (value,)) if isinstance(v, ConvRunner)]
+        return found
+
     def conv_executor(self) -> str:
-        return "aten" if self.decomposed else self.executor
+        """The executor for this call: set per input shape by the model's guard (use_executor)."""
+        return "aten" if self.decomposed else selected_executor(self.executor)
 
     # -- installing: rebinding forward on live modules -------------------------------------------
     def rebind(self, module: nn.Module, forward=None, display_name: str | None = None):
@@ -111,7 +128,7 @@ class FusedUnit:
     def active(self, module: nn.Module) -> bool:
         """The fused path runs in eval mode only; training (and autograd through the input)
         takes the original modules."""
-        return self.enabled and not module.training and not getattr(_CALL, "original", False)
+        return self.enabled and not module.training and not in_original_path()
 
     def names(self) -> list[str]:
         return list(self.covered)

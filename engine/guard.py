@@ -4,16 +4,20 @@ expected and what came, raised before any kernel launches.
 Expectations come from the model's own structure: channels from its first convolution (or the
 heads' channels when the trunk has none), the device and dtype family from its weights, and the
 spatial sizes it can take from a shape-only run of the original forward on the `meta` device
-(cached per input shape, so each new shape costs one dry run)."""
+(cached per input shape, so each new shape costs one dry run). The same dry run finds an input
+size for a model that names none (`input_size`), and the guard selects, per input shape, the
+convolution executor its `ExecutorChoice` timed fastest."""
 import copy
 import types
 
 import torch
 import torch.nn as nn
 
-from .fused import original_path
+from .executors import ExecutorChoice, selected_executor, use_executor
+from .fused import in_original_path, original_path
 
 GUARD_ATTR = "_ferfuse_guard"
+PROBE_SIZES = (224, 112, 100, 96, 48)  # the usual FER input sizes, tried in this order
 
 
 class InputGuard:
@@ -29,6 +33,34 @@ class InputGuard:
         self.previous_forward = None
         # oneDNN's fused ReLU maps NaN to 0: such inputs take the original path to propagate exactly
         self.nonfinite_to_original = nonfinite_to_original
+        self.choice: ExecutorChoice | None = None  # the convolution executor per input shape
+
+    def dry_run(self, shape: tuple):
+        """Raise a ValueError naming the size when an input of `shape` (C×H×W) cannot pass through
+        the original forward; shapes that passed are remembered."""
+        if shape in self.known_shapes:
+            return
+        try:
+            with torch.no_grad():
+                self.meta(torch.empty((1, *shape), device="meta", dtype=self.dtype))
+        except (RuntimeError, ValueError) as err:
+            raise ValueError(f"an input of spatial size {shape[1]}×{shape[2]} cannot pass through "
+                             f"{type(self.meta).__name__}: {str(err).splitlines()[0]}") from None
+        self.known_shapes.add(shape)
+
+    def input_size(self) -> tuple[int, int, int]:
+        """C×H×W of the first of PROBE_SIZES that the model takes, for a model that names no `input_size`."""
+        tried = []
+        for size in PROBE_SIZES:
+            shape = (self.channels or 3, size, size)
+            try:
+                self.dry_run(shape)
+                return shape
+            except ValueError as err:
+                tried.append(f"{size}×{size} ({str(err).split(': ', 1)[-1]})")
+        raise ValueError(f"{type(self.meta).__name__} has no `input_size` and takes none of the usual FER sizes: "
+                         f"pass example_inputs=(a batch the model accepts,) to optimize(); tried "
+                         + "; ".join(tried))
 
     @torch.compiler.disable
     def check(self, x):
@@ -48,15 +80,7 @@ class InputGuard:
                              f"got {x.shape[1]} in shape {tuple(x.shape)}")
         if x.device != self.device:
             raise ValueError(f"the model's weights are on {self.device}, the input is on {x.device}")
-        shape = tuple(x.shape[1:])
-        if shape not in self.known_shapes:
-            try:
-                with torch.no_grad():
-                    self.meta(torch.empty((1, *shape), device="meta", dtype=x.dtype))
-            except (RuntimeError, ValueError) as err:
-                raise ValueError(f"an input of spatial size {shape[1]}×{shape[2]} cannot pass through "
-                                 f"{type(self.meta).__name__}: {str(err).splitlines()[0]}") from None
-            self.known_shapes.add(shape)
+        self.dry_run(tuple(x.shape[1:]))
 
     def install(self, model: nn.Module):
         self.previous_forward = model.__dict__.get("forward")
@@ -80,4 +104,14 @@ def _guarded_forward(self, x, *args, **kwargs):
         if guard.nonfinite_to_original and not bool(torch.isfinite(x.sum())):
             with original_path():
                 return inner(x, *args, **kwargs)
+        if guard.choice is not None and selected_executor() is None and not in_original_path() \
+                and not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and x.requires_grad):
+            executor = guard.choice.for_input(x, lambda t: _no_grad(inner, t, *args, **kwargs))
+            with use_executor(executor):
+                return inner(x, *args, **kwargs)
     return inner(x, *args, **kwargs)
+
+
+def _no_grad(fn, *args, **kwargs):
+    with torch.no_grad():
+        return fn(*args, **kwargs)

@@ -8,12 +8,12 @@ import torch.nn as nn
 
 from ..kernels.compat import INTERPRET
 from . import winograd
-from .executors import EXECUTORS, ONEDNN_EXECUTORS, onednn_available
-from .fused import FusedUnit
+from .executors import EXECUTORS, ONEDNN_EXECUTORS, ExecutorChoice, onednn_available, use_executor, verification_forms
+from .fused import FusedUnit, original_path
 from .guard import InputGuard
 from .patterns import Skip, all_patterns
 from .report import FusedEntry, Report
-from .verify import capture_inputs, errors, first_tensor, top1_agreement, tolerances
+from .verify import budget, capture_inputs, errors, first_tensor, top1_agreement, working_precision
 
 STATE_ATTR = "_ferfuse_state"
 _PRECISIONS = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -48,27 +48,34 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-def resolve_executor(executor: str, device: torch.device, backend: str, dtype: torch.dtype, rep: Report) -> str:
-    """How folded convolutions run (engine/executors.py). `auto`: oneDNN for fp32 CPU models on the
-    torch backend when this torch build has it (optimize() then times oneDNN, Winograd and aten on
-    the example input and keeps the fastest), aten ops otherwise (cuDNN on GPU)."""
+def resolve_executors(executor: str, device: torch.device, backend: str, dtype: torch.dtype,
+                      rep: Report) -> tuple[str, ...]:
+    """The executors folded convolutions may run on (engine/executors.py). `auto` on an fp32 CPU
+    model on the torch backend: Winograd-tuned oneDNN and aten, timed per input shape on the first
+    call of each (Winograd's per-conv timing already includes oneDNN's direct convolution); aten
+    elsewhere (cuDNN on GPU)."""
     if executor not in ("auto", *EXECUTORS):
         raise ValueError(f"executor must be 'auto', {', '.join(repr(e) for e in EXECUTORS)}, got {executor!r}")
     fits = device.type == "cpu" and backend == "torch" and dtype == torch.float32
     if executor in ONEDNN_EXECUTORS and not fits:
         raise ValueError(f"executor={executor!r} runs fp32 CPU models on the torch backend only")
-    if executor in ("auto", *ONEDNN_EXECUTORS) and fits:
-        if not onednn_available():
-            if executor != "auto":
-                raise ValueError(f"executor={executor!r}: this torch build has no oneDNN convolution ops")
-            rep.notes.append("oneDNN is not available in this torch build: convolutions run as aten ops")
-            return "aten"
-        if executor == "winograd":
-            reason = winograd.unavailable_reason()
-            if reason:
-                raise ValueError(f"executor='winograd': the Winograd transforms cannot be built here: {reason}")
-        return "onednn" if executor == "auto" else executor
-    return "aten"
+    if not fits or executor == "aten":
+        return ("aten",)
+    if not onednn_available():
+        if executor != "auto":
+            raise ValueError(f"executor={executor!r}: this torch build has no oneDNN convolution ops")
+        rep.notes.append("oneDNN is not available in this torch build: convolutions run as aten ops")
+        return ("aten",)
+    reason = winograd.unavailable_reason()
+    if executor == "winograd" and reason:
+        raise ValueError(f"executor='winograd': the Winograd transforms cannot be built here: {reason}")
+    if executor != "auto":
+        return (executor,)
+    if reason:
+        rep.notes.append(f"Winograd convolutions unavailable ({reason}): oneDNN's direct convolutions and aten "
+                         "are timed")
+        return ("onednn", "aten")
+    return ("winograd", "aten")
 
 
 def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype, bool]:
@@ -79,13 +86,17 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype
     return _PRECISIONS[precision], precision == "tf32"
 
 
-def default_example_inputs(model: nn.Module, device: torch.device, batch: int = 2) -> tuple[torch.Tensor]:
+def default_example_inputs(model: nn.Module, device: torch.device, guard: InputGuard | None = None,
+                           batch: int = 2) -> tuple[torch.Tensor]:
     """Random inputs of the model's input shape: `model.input_size` (ferfuse's models), else the
-    first conv's channels at 224×224."""
+    first of the usual FER sizes the model takes (the guard's dry run; a ValueError naming the
+    sizes tried where none fits)."""
     size = getattr(model, "input_size", None)
     if size is None:
-        first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-        size = (first.in_channels if first is not None else 3, 224, 224)
+        state = model.__dict__.get(STATE_ATTR)
+        # an optimised model's own guard: its dry runs use the original forward
+        guard = guard or (state.guard if state is not None else None) or InputGuard(model, device)
+        size = guard.input_size()
     gen = torch.Generator().manual_seed(0)
     return (torch.randn((batch, *size), generator=gen).to(device),)
 
@@ -121,9 +132,11 @@ def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32"
     """Fuse `model` in place for inference and return it.
 
     Targets are found by structure (see engine/patterns); parameters stay the truth and folded
-    weights are caches. With `verify` (default) the fused and a float64 reference path run on the
-    same inputs before this returns: a fused unit over tolerance is reverted and reported, or
-    raises with `strict=True`.
+    weights are caches. With `verify` (default) the fused path, the original path at the working
+    precision and a float64 reference run on the same inputs before this returns: a fused unit
+    whose error exceeds its budget (k × the original's own error + a floor) is reverted and
+    reported, or raises with `strict=True`. Where several convolution executors may run, the first
+    call of each input shape times them and keeps the fastest for that shape.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"optimize() takes a torch.nn.Module, got {type(model).__name__}")
@@ -132,17 +145,20 @@ def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32"
     backend = resolve_backend(backend, device)
     dtype, allow_tf32 = resolve_precision(precision, device)
     rep = Report(type(model).__name__, backend, precision, str(device))
-    requested_executor = executor
-    executor = resolve_executor(executor, device, backend, dtype, rep)
-    rep.executor = executor
+    executors = resolve_executors(executor, device, backend, dtype, rep)
+    rep.executors = executors
     reference = copy.deepcopy(model).double().eval() if verify else None
+    # reduced precisions: the baseline is the original model run in that precision
+    lowp = copy.deepcopy(model).to(dtype).eval() if verify and dtype != torch.float32 else None
     # built before anything is swapped: its dry runs use the original forward
-    guard = InputGuard(model, device, nonfinite_to_original=executor in ONEDNN_EXECUTORS)
+    guard = InputGuard(model, device, nonfinite_to_original=any(e in ONEDNN_EXECUTORS for e in executors))
+    guard.choice = ExecutorChoice(executors)
+    rep.executor_by_shape, rep.executor_timings = guard.choice.by_shape, guard.choice.timings
 
     units, claimed = [], set()
     for pattern in all_patterns():
         for item in pattern.find(model, claimed, backend=backend, dtype=dtype, allow_tf32=allow_tf32,
-                                 executor=executor):
+                                 executor=executors[0]):
             if isinstance(item, Skip):
                 rep.skipped.append(item)
             else:
@@ -164,19 +180,16 @@ def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32"
     if units:
         guard.install(model)  # outermost: checks run before any fused unit launches a kernel
         state.guard = guard
-    if units and executor == "onednn" and requested_executor == "auto":
-        example = example_inputs if example_inputs is not None else default_example_inputs(model, device)
-        _choose_executor(model, state, example if isinstance(example, tuple) else (example,))
-    if not units:
+    else:
         warnings.warn(f"ferfuse.optimize: nothing in {type(model).__name__} matched a fusable structure; "
                       f"the model runs unchanged ({len(rep.skipped)} candidates skipped, see report(model))",
                       stacklevel=2)
     entries = {id(u): _entry(u) for u in units}
     if verify and units:
-        _verify(model, reference, state, entries, example_inputs, device, strict)
+        _verify(model, reference, lowp, state, entries, example_inputs, device, strict)
     rep.fused = [entries[id(u)] for u in state.units]
     if state.guard is not None and state.guard.nonfinite_to_original:
-        spread = "; a Winograd tile spreads NaN over 4×4 outputs" if rep.executor == "winograd" else ""
+        spread = "; a Winograd tile spreads NaN over its outputs" if "winograd" in executors else ""
         rep.notes.append("inputs holding NaN or Inf run the original forward (oneDNN's fused ReLU would map "
                          f"NaN to 0{spread}); finite inputs run fused")
     return model
@@ -194,43 +207,6 @@ def _uninstall_unit(model, state: EngineState, unit: FusedUnit):
         state.guard = None
 
 
-def _set_executor(state: EngineState, executor: str):
-    for unit in state.units:
-        unit.executor = executor
-        unit._cache = None  # folded weights are rebuilt for the new executor
-    if state.guard is not None:
-        state.guard.nonfinite_to_original = executor in ONEDNN_EXECUTORS
-    state.report.executor = executor
-
-
-def _choose_executor(model, state: EngineState, inputs: tuple, runs: int = 3):
-    """oneDNN wins on ResNet-style trunks, and Winograd on top of it where the 3×3 convolutions
-    see large maps; on networks of many small ops (MHAN's mixed depthwise convs and coordinate
-    attention) the channels_last layout costs more than it gains. Time each on the example input
-    (the first call packs weights, so it is not timed) and keep the fastest."""
-    import time
-
-    candidates = ["onednn", "winograd", "aten"]
-    reason = winograd.unavailable_reason()
-    if reason:
-        candidates.remove("winograd")
-        state.report.notes.append(f"Winograd convolutions unavailable ({reason}): not among the executors timed")
-    timings = {}
-    for executor in candidates:
-        _set_executor(state, executor)
-        _run_eval(model, inputs)
-        samples = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            _run_eval(model, inputs)
-            samples.append(time.perf_counter() - t0)
-        timings[executor] = sorted(samples)[runs // 2] * 1e3
-    best = min(timings, key=timings.get)
-    _set_executor(state, best)
-    state.report.notes.append(f"convolution executor chosen by timing on {tuple(inputs[0].shape)}: "
-                     + ", ".join(f"{k} {v:.1f} ms" for k, v in timings.items()) + f" -> {best}")
-
-
 def _run_eval(model, inputs):
     was_training = model.training
     model.eval()
@@ -241,17 +217,34 @@ def _run_eval(model, inputs):
         model.train(was_training)
 
 
-def _verify(model, reference, state: EngineState, entries, example_inputs, device, strict):
+def _over_budget(err: float, baseline: float, precision: str, form: str, logits: bool = False) -> tuple[float, bool]:
+    """(the budget, whether `err` exceeds it) for a fused path whose convs run as `form`."""
+    k, floor, _ = budget(precision, form, logits)
+    allowed = k * baseline + floor
+    return allowed, not err <= allowed
+
+
+def _verify(model, reference, lowp, state: EngineState, entries, example_inputs, device, strict):
+    """Each unit, then the logits, against float64, under every form the executors can take;
+    the budget is k × the original path's own error at the working precision + a floor."""
     rep = state.report
-    op_tol, logit_tol, top1_min = tolerances(rep.backend, rep.precision, rep.executor)
     if example_inputs is None:
-        example_inputs = default_example_inputs(model, device)
-    elif isinstance(example_inputs, torch.Tensor):
-        example_inputs = (example_inputs,)
-    example_inputs = tuple(example_inputs)
+        example_inputs = default_example_inputs(model, device, state.guard)
+        rep.example_source = "random inputs" + ("" if hasattr(model, "input_size") else
+                                                " of the first usual FER size the model takes")
+    else:
+        example_inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+        rep.example_source = "the caller's example_inputs"
+    base_model = lowp if lowp is not None else model
+    base_dtype = _PRECISIONS[rep.precision]
     ref_inputs = tuple(t.double() if t.is_floating_point() else t for t in example_inputs)
+    base_inputs = tuple(t.to(base_dtype) if t.is_floating_point() else t for t in example_inputs)
     rep.example_shape = tuple(example_inputs[0].shape)
-    rep.tolerance = (op_tol, logit_tol)
+
+    def fail(what: str, why: str):
+        if strict:
+            revert(model)
+            raise RuntimeError(f"ferfuse.optimize(strict=True): {what}: {why}")
 
     # each unit on the input its first covered module saw in the float64 reference run
     ref_out, seen = capture_inputs(reference, [u.names()[0] for u in state.units], ref_inputs)
@@ -262,30 +255,53 @@ def _verify(model, reference, state: EngineState, entries, example_inputs, devic
             rep.notes.append(f"{unit.pattern} {name}: not reached by the verification inputs")
             continue
         x64 = seen[name]
-        with torch.no_grad():
-            expected = unit.reference([reference.get_submodule(n) for n in unit.names()], x64)
-            got = unit.forward(x64.to(example_inputs[0].dtype))
         entry = entries[id(unit)]
-        entry.abs_error, entry.rel_error = errors(first_tensor(got), first_tensor(expected))
-        if not entry.rel_error <= op_tol:
-            why = f"relative error {entry.rel_error:.2e} over tolerance {op_tol:.0e}"
-            if strict:
-                revert(model)
-                raise RuntimeError(f"ferfuse.optimize(strict=True): {unit.pattern} {', '.join(unit.names())}: {why}")
+        unit_forms = verification_forms(state.guard.choice.candidates, unit.conv_runners(device))
+        with torch.no_grad():
+            expected = first_tensor(unit.reference([reference.get_submodule(n) for n in unit.names()], x64))
+            with original_path(), working_precision(rep.precision):
+                base = unit.reference([base_model.get_submodule(n) for n in unit.names()], x64.to(base_dtype))
+            entry.baseline = errors(first_tensor(base), expected)[1]
+            worst = None
+            for form in unit_forms:
+                with use_executor(form):
+                    got = first_tensor(unit.forward(x64.to(example_inputs[0].dtype)))
+                abs_err, rel_err = errors(got, expected)
+                allowed, over = _over_budget(rel_err, entry.baseline, rep.precision, form)
+                if worst is None or rel_err / allowed > worst[1] / worst[2]:
+                    worst = (form, rel_err, allowed, abs_err, over)
+        entry.form, entry.rel_error, entry.budget, entry.abs_error, over = worst
+        if over:
+            why = (f"relative error {entry.rel_error:.2e} with convolutions as {entry.form} over its budget "
+                   f"{entry.budget:.2e} (original fp path {entry.baseline:.2e})")
+            fail(f"{unit.pattern} {', '.join(unit.names())}", why)
             _uninstall_unit(model, state, unit)
             rep.reverted.append((entry, why))
 
-    logits = first_tensor(_run_eval(model, example_inputs))
-    rep.logits_abs_error, rep.logits_rel_error = errors(logits, ref_logits)
-    rep.top1_agreement = top1_agreement(logits, ref_logits)
+    with torch.no_grad(), original_path(), working_precision(rep.precision):
+        base_logits = first_tensor(base_model(*base_inputs))
+    rep.logits_baseline = errors(base_logits, ref_logits)[1]
+    _, _, top1_min = budget(rep.precision, logits=True)
+    rep.logits_rel_error, rep.top1_agreement, rep.logits_budget = 0.0, 1.0, float("inf")
+    runners = [r for unit in state.units for r in unit.conv_runners(device)]
+    for form in (verification_forms(state.guard.choice.candidates, runners) if state.units else ()):
+        with use_executor(form):
+            logits = first_tensor(_run_eval(model, example_inputs))
+        rep.verified_forms += (form,)
+        abs_err, rel_err = errors(logits, ref_logits)
+        allowed, over = _over_budget(rel_err, rep.logits_baseline, rep.precision, form, logits=True)
+        agree = top1_agreement(logits, ref_logits)
+        if rel_err >= rep.logits_rel_error:
+            rep.logits_abs_error, rep.logits_rel_error, rep.logits_form = abs_err, rel_err, form
+        rep.logits_budget = min(rep.logits_budget, allowed)
+        rep.top1_agreement = min(rep.top1_agreement, agree)
+        if over or agree < top1_min:
+            why = (f"logits relative error {rel_err:.2e} with convolutions as {form} (budget {allowed:.2e}, "
+                   f"original fp path {rep.logits_baseline:.2e}), top-1 agreement {agree:.2%}")
+            fail("logits", why)
+            for unit in list(state.units):
+                _uninstall_unit(model, state, unit)
+                rep.reverted.append((entries[id(unit)], why))
+            rep.notes.append(f"every fused unit was reverted: {why}; the model runs its original forward")
+            break
     rep.verified = True
-    if not (rep.logits_rel_error <= logit_tol and rep.top1_agreement >= top1_min):
-        why = (f"logits relative error {rep.logits_rel_error:.2e} (tolerance {logit_tol:.0e}), "
-               f"top-1 agreement {rep.top1_agreement:.2%}")
-        if strict:
-            revert(model)
-            raise RuntimeError(f"ferfuse.optimize(strict=True): {why}")
-        for unit in list(state.units):
-            _uninstall_unit(model, state, unit)
-            rep.reverted.append((entries[id(unit)], why))
-        rep.notes.append(f"every fused unit was reverted: {why}; the model runs its original forward")

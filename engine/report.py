@@ -1,4 +1,5 @@
-"""The optimisation report: what was fused (with measured error), what was skipped and why."""
+"""The optimisation report: what was fused (with measured error against its budget), what was
+skipped and why, and which convolution executor runs at which input shape."""
 from dataclasses import dataclass, field
 
 from .patterns import Skip
@@ -11,6 +12,9 @@ class FusedEntry:
     backend: str
     abs_error: float | None = None  # max |fused − reference| on the verification inputs
     rel_error: float | None = None  # ‖fused − reference‖ / ‖reference‖ against a float64 reference
+    baseline: float | None = None  # the same for the original path at the working precision
+    budget: float | None = None  # k × baseline + floor (engine/verify.py)
+    form: str | None = None  # the convolution form whose error came closest to its budget
 
 
 @dataclass
@@ -19,16 +23,22 @@ class Report:
     backend: str
     precision: str
     device: str
-    executor: str = "aten"  # how folded convolutions run (engine/executors.py)
+    executors: tuple[str, ...] = ("aten",)  # the convolution executors that may run (engine/executors.py)
+    executor_by_shape: dict = field(default_factory=dict)  # input shape -> executor, filled by first calls
+    executor_timings: dict = field(default_factory=dict)  # input shape -> {executor: ms}
     fused: list[FusedEntry] = field(default_factory=list)
     skipped: list[Skip] = field(default_factory=list)
     reverted: list[tuple[FusedEntry, str]] = field(default_factory=list)
     verified: bool = False
     example_shape: tuple | None = None
+    example_source: str | None = None  # "random inputs ..." or "the caller's example_inputs"
+    verified_forms: tuple[str, ...] = ()
     logits_abs_error: float | None = None
-    logits_rel_error: float | None = None
+    logits_rel_error: float | None = None  # the worst over verified_forms
+    logits_form: str | None = None
+    logits_baseline: float | None = None  # the original model's own logits error
+    logits_budget: float | None = None
     top1_agreement: float | None = None
-    tolerance: tuple[float, float] | None = None  # (per fused op, logits), relative
     notes: list[str] = field(default_factory=list)
 
     def patterns(self) -> dict[str, list[FusedEntry]]:
@@ -37,30 +47,45 @@ class Report:
             groups.setdefault(entry.pattern, []).append(entry)
         return groups
 
+    def executor_for(self, shape: tuple) -> str | None:
+        """The executor chosen for inputs of `shape` (None before the first call of that shape)."""
+        return self.executor_by_shape.get(tuple(shape)) or (self.executors[0] if len(self.executors) == 1 else None)
+
     def __str__(self) -> str:
-        lines = [f"ferfuse report: {self.model} on {self.device}, backend {self.backend}, "
-                 f"precision {self.precision}, convolutions on {self.executor}"]
+        lines = [f"ferfuse report: {self.model} on {self.device}, backend {self.backend}, precision {self.precision}, "
+                 f"convolutions on {' or '.join(self.executors)}"]
         lines.append(f"fused ({len(self.fused)} units):")
         for pattern, entries in self.patterns().items():
-            worst = max((e.rel_error for e in entries if e.rel_error is not None), default=None)
-            err = f"  max rel err {worst:.2e}" if worst is not None else ""
+            checked = [e for e in entries if e.rel_error is not None]
+            err = ""
+            if checked:  # the unit closest to its budget speaks for the pattern
+                e = max(checked, key=lambda e: e.rel_error / e.budget)
+                err = f"  fused {e.rel_error:.1e}, original {e.baseline:.1e}, budget {e.budget:.1e}"
             if len(entries) == 1:
-                lines.append(f"  {pattern:<12} {', '.join(entries[0].modules)}{err}")
+                lines.append(f"  {pattern:<14} {', '.join(entries[0].modules)}{err}")
             else:
                 first, last = entries[0].modules[0], entries[-1].modules[0]
-                lines.append(f"  {pattern:<12} {len(entries)} units ({first} ... {last}){err}")
+                lines.append(f"  {pattern:<14} {len(entries)} units ({first} ... {last}){err}")
         if self.skipped:
             lines.append(f"skipped ({len(self.skipped)}):")
-            lines += [f"  {s.pattern:<12} {s.module}: {s.reason}" for s in self.skipped]
+            lines += [f"  {s.pattern:<14} {s.module}: {s.reason}" for s in self.skipped]
         for entry, why in self.reverted:
             lines.append(f"reverted: {entry.pattern} {', '.join(entry.modules)}: {why}")
         if self.verified:
-            op_tol, logit_tol = self.tolerance
-            lines.append(f"verified on random inputs {self.example_shape} against a float64 reference:")
-            lines.append(f"  logits: max abs err {self.logits_abs_error:.2e}, rel err {self.logits_rel_error:.2e} "
-                         f"(tolerance {logit_tol:.0e}; per fused op {op_tol:.0e}), "
+            lines.append(f"verified on {self.example_source} {self.example_shape} against a float64 reference, "
+                         f"convolutions as {', '.join(self.verified_forms)}:")
+            lines.append(f"  logits: fused {self.logits_rel_error:.1e} (max abs {self.logits_abs_error:.1e}), "
+                         f"original {self.logits_baseline:.1e}, budget {self.logits_budget:.1e}; "
                          f"top-1 agreement {100 * self.top1_agreement:.1f}%")
         else:
             lines.append("not verified (verify=False)")
+        if len(self.executors) > 1:
+            lines.append("convolution executor per input shape (timed on its first call):")
+            if not self.executor_by_shape:
+                lines.append("  none yet: each new input shape is timed on its first call")
+            for shape, chosen in list(self.executor_by_shape.items()):
+                times = self.executor_timings.get(shape, {})
+                lines.append(f"  {shape}: {chosen}" + (" (" + ", ".join(f"{k} {v:.1f} ms" for k, v in times.items())
+                                                       + ")" if times else ""))
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)

@@ -1,31 +1,58 @@
-"""Reference-vs-fused comparison against a float64 copy of the original model, and the
-tolerance table of ../shared/spec/engine.md."""
+"""Reference-vs-fused comparison against a float64 copy of the original model, and the error
+budgets of ../shared/spec/engine.md: every bound is relative to the original path's own error."""
+import contextlib
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 
-# (per fused op, logits, top-1 agreement), relative error ‖out−ref‖/‖ref‖ against float64
-TOLERANCES = {
-    ("torch", "fp32"): (1e-6, 1e-5, 1.0),
-    ("triton", "fp32"): (1e-5, 1e-4, 1.0),  # IEEE dot, but other reduction orders than cuDNN/oneDNN
-    ("torch", "tf32"): (3e-3, 5e-3, 0.99),
-    ("triton", "tf32"): (3e-3, 5e-3, 0.99),
-    ("torch", "fp16"): (1e-2, 2e-2, 0.98),
-    ("triton", "fp16"): (1e-2, 2e-2, 0.98),
-    ("torch", "bf16"): (1e-2, 2e-2, 0.98),
-    ("triton", "bf16"): (1e-2, 2e-2, 0.98),
+
+@dataclass(frozen=True)
+class Budget:
+    """A fused path passes when its relative error against float64 is at most
+    k × (the original path's own error at the working precision, same inputs) + floor."""
+    k: float
+    floor: float  # covers an original path whose own error happens to be near zero
+    top1: float  # top-1 agreement of the logits with the float64 reference, a separate check
+    why: str
+
+
+# ‖out−ref‖/‖ref‖ against float64; one row per precision (engine.md, "Error budgets").
+BUDGETS = {
+    "fp32": Budget(4, 1e-6, 1.0, "fp32 rounding in another summation order (oneDNN's blocked GEMMs, Triton's "
+                                 "tiles, folded weights rounded once) errs like the original path; the floor is "
+                                 "~16 units in the last place (u = 6e-8)"),
+    "tf32": Budget(4, 2e-3, 0.99, "TF32 products keep 10 mantissa bits (u = 4.9e-4) in both paths; the original "
+                                  "runs with TF32 allowed"),
+    "fp16": Budget(4, 2e-3, 0.98, "fp16 (u = 4.9e-4): the original model is run in fp16 for the baseline"),
+    "bf16": Budget(4, 1.6e-2, 0.98, "bf16 (u = 3.9e-3): the original model is run in bf16 for the baseline"),
 }
-# Winograd F(4×4, 3×3) convolutions (engine/winograd.py) are exact in real arithmetic, but their
-# transforms scale values by up to 8 and 1/24 and add 36 products per tile: fp32 rounding grows to
-# ~1.5e-6 relative per convolution (measured; direct oneDNN ~1.5e-7), so the fp32 CPU row of the
-# Triton path applies (IEEE arithmetic, another summation order).
-WINOGRAD_TOLERANCE = (1e-5, 1e-4, 1.0)
+# Winograd F(4×4, 3×3) and F(2×2, 3×3) are exact in real arithmetic, but their transforms scale
+# values by up to 8 and 1/24 and sum 36 products per tile: per convolution fp32 rounding grows
+# 5-10× over a direct convolution on the same data (tests/engine/test_winograd.py measures it),
+# so those forms get k = 16 at the unit; the logits keep the precision's row.
+WINOGRAD_K = 16
 
 
-def tolerances(backend: str, precision: str, executor: str = "aten") -> tuple[float, float, float]:
-    """(per fused op, logits, top-1 agreement) for a fused path."""
-    if executor == "winograd":
-        return WINOGRAD_TOLERANCE
-    return TOLERANCES[(backend, precision)]
+def budget(precision: str, form: str = "onednn", logits: bool = False) -> tuple[float, float, float]:
+    """(k, floor, top-1 minimum) for a fused path in `precision`, its convs run as `form`."""
+    row = BUDGETS[precision]
+    k = WINOGRAD_K if form.startswith("winograd") and not logits else row.k
+    return k, row.floor, row.top1
+
+
+@contextlib.contextmanager
+def working_precision(precision: str):
+    """The original path's baseline runs as the user's model would at this precision: TF32 allowed for tf32."""
+    if precision != "tf32":
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 def first_tensor(out) -> torch.Tensor:

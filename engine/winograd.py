@@ -200,15 +200,22 @@ class WinogradConv:
         self._packed: dict[tuple, torch.Tensor] = {}
         self.lib = library()
 
-    def packed(self, th: int, tw: int) -> torch.Tensor:
-        key = (th, tw)
-        packed = self._packed.get(key)
-        if packed is None:
-            a2 = self.variant.alpha ** 2
-            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
-                self.u.to_mkldnn(), [0, 0], [1, 1], [1, 1], a2 * self.groups, [1, a2 * self.in_channels, th, tw])
-            self._packed[key] = packed
-        return packed
+    def packed(self, shape: list[int]) -> torch.Tensor:
+        """U packed for the GEMMs' input of exactly this shape (batch included: executors.ConvRunner.packed)."""
+        from .executors import pack_for_shape
+
+        a2 = self.variant.alpha ** 2
+        return pack_for_shape(self._packed, tuple(shape), lambda: torch._C._nn.mkldnn_reorder_conv2d_weight(
+            self.u.to_mkldnn(), [0, 0], [1, 1], [1, 1], a2 * self.groups, list(shape)))
+
+    def gemm_shape(self, x_shape) -> list[int]:
+        """The shape of the transformed input V that the GEMMs read, for an input of `x_shape`."""
+        n, _, h, w = x_shape
+        return [n, self.variant.alpha ** 2 * self.in_channels, *tiles(h, w, self.variant.tile)]
+
+    def drop_packed(self, x_shape):
+        """Forget the GEMM weight packed for inputs of `x_shape` (a tile that lost the timing there)."""
+        self._packed.pop(tuple(self.gemm_shape(x_shape)), None)
 
     # the C transforms write through raw pointers, which a compiler cannot see: torch.compile runs
     # this call eagerly (a graph break) rather than tracing buffers it might reuse
@@ -224,7 +231,7 @@ class WinogradConv:
         x = _channels_last(x)
         v = torch.empty((n, a2 * c, th, tw), memory_format=torch.channels_last)
         getattr(self.lib, variant.c_input)(_ptr(x), _ptr(v), n, h, w, c, th, tw, threads)
-        m = torch.ops.mkldnn._convolution_pointwise(v, self.packed(th, tw), None, [0, 0], [1, 1], [1, 1],
+        m = torch.ops.mkldnn._convolution_pointwise(v, self.packed(v.shape), None, [0, 0], [1, 1], [1, 1],
                                                     a2 * self.groups, "none", [], "")
         m = _channels_last(m)
         y = torch.empty((n, self.out_channels, h, w), memory_format=torch.channels_last)

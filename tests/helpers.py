@@ -119,3 +119,31 @@ class UpstreamDAN(nn.Module):
             heads = F.log_softmax(heads, dim=1)
         out = self.bn(self.fc(heads.sum(dim=1)))
         return out, x, heads
+
+
+# --- MHAN as the upstream code's own class presents it: the same attributes, no `input_size` ----
+
+class UpstreamMHAN(nn.Module):
+    """hanyao666/MHAN `networks/backbone.py`'s structure and forward: ferfuse's MHAN blocks (whose
+    keys match upstream's) in a plain nn.Module that names no input size, as upstream's does."""
+
+    def __init__(self, num_class=7, num_head=2):
+        super().__init__()
+        from ferfuse import models
+
+        src = models.mhan(num_classes=num_class, num_heads=num_head)
+        self.features = src.features
+        self.num_head = num_head
+        for i in range(num_head):
+            setattr(self, "cat_head%d" % i, getattr(src, "cat_head%d" % i))
+        self.ela, self.Linear, self.fc, self.bn = src.ela, src.Linear, src.fc, src.bn
+
+    def forward(self, x):
+        x = self.ela(self.features(x))
+        heads = [getattr(self, "cat_head%d" % i)(x) for i in range(self.num_head)]
+        y = heads[0]
+        for i in range(1, self.num_head):
+            y = torch.max(y, heads[i])
+        y = self.Linear(x * y)
+        y = y.view(y.size(0), -1)
+        return self.fc(y), x, heads

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from ferfuse.bench.flops import flops_report
 from ferfuse.bench.report import load_rows, plot, table
@@ -69,6 +70,7 @@ def test_bench_alternate_times_providers_in_rounds(tmp_path):
     for r in rows:
         assert r["mode"] == "alternating" and r["rounds"] == 3 and r["median_ms"] > 0 and r["build_s"] > 0
         assert r["logits_rel_error"] < 1e-4  # every provider agrees with the float64 reference
+        assert torch.backends.cpu.get_cpu_capability() in r["device_name"]  # every CPU figure names its ISA
     ferfuse = next(r for r in rows if r["provider"] == "ferfuse-torch")
     assert ferfuse["executor"] in ("onednn", "winograd", "aten")
     assert f"ferfuse-torch ({ferfuse['executor']})" in out and "build s" in out

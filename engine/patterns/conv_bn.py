@@ -26,11 +26,10 @@ class FoldedConvBN(FusedUnit):
 
     def fold(self, device):
         w, b = fold_batchnorm(self.conv.weight, self.conv.bias, self.bn)
-        return {"conv": ConvRunner.like(self.conv, w.to(device, self.dtype), b.to(device, self.dtype),
-                                          self.conv_executor())}
+        return {"conv": ConvRunner.like(self.conv, w.to(device, self.dtype), b.to(device, self.dtype))}
 
     def forward(self, x):
-        return self.folded(x.device)["conv"].run(x.to(self.dtype), act=self.act)
+        return self.folded(x.device)["conv"].run(x.to(self.dtype), act=self.act, executor=self.conv_executor())
 
     def reference(self, modules, x):
         for m in modules:

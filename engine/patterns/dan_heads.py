@@ -48,7 +48,7 @@ class FusedDANHeads(FusedUnit):
         self.channels = self.heads[0].sa.conv1x1[0].in_channels
 
     def fold(self, device):
-        return {**fold_spatial_units([h.sa for h in self.heads], device, self.dtype, self.conv_executor(), self.backend),
+        return {**fold_spatial_units([h.sa for h in self.heads], device, self.dtype, self.backend),
                 **fold_se_mlps([h.ca.attention for h in self.heads], device),
                 **fold_classifier(self.fc, self.bn, device)}
 

@@ -19,11 +19,11 @@ class FusedBasicBlock(FusedUnit):
         self.block = block
 
     def fold(self, device):
-        blk, ex = self.block, self.conv_executor()
+        blk = self.block
 
         def runner(conv, bn):
             w, b = fold_batchnorm(conv.weight, conv.bias, bn)
-            return ConvRunner.like(conv, w.to(device, self.dtype), b.to(device, self.dtype), ex)
+            return ConvRunner.like(conv, w.to(device, self.dtype), b.to(device, self.dtype))
 
         out = {"conv1": runner(blk.conv1, blk.bn1), "conv2": runner(blk.conv2, blk.bn2)}
         if blk.downsample is not None:
@@ -31,10 +31,10 @@ class FusedBasicBlock(FusedUnit):
         return out
 
     def forward(self, x):
-        f = self.folded(x.device)
+        f, ex = self.folded(x.device), self.conv_executor()
         x = x.to(self.dtype)
-        shortcut = f["downsample"].run(x) if "downsample" in f else x
-        return f["conv2"].run(f["conv1"].run(x, act="relu"), act="relu", residual=shortcut)
+        shortcut = f["downsample"].run(x, executor=ex) if "downsample" in f else x
+        return f["conv2"].run(f["conv1"].run(x, act="relu", executor=ex), act="relu", residual=shortcut, executor=ex)
 
     def reference(self, modules, x):
         return modules[0](x)

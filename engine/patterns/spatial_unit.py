@@ -9,7 +9,7 @@ from ...kernels import ops
 from ...kernels.compat import triton_runs_on
 from ...kernels.spatial_attention import spatial_attention_map_reference, spatial_attention_map_triton
 from ..algebra import fold_batchnorm, layer_bias, merge_asymmetric_kernels
-from ..executors import ONEDNN_EXECUTORS, ConvRunner
+from ..executors import ConvRunner
 
 BRANCHES = {"conv1x1": ((1, 1), (0, 0)), "conv_3x3": ((3, 3), (1, 1)),
             "conv_1x3": ((1, 3), (0, 1)), "conv_3x1": ((3, 1), (1, 0))}
@@ -56,9 +56,10 @@ def se_mlp_reason(att, channels: int, name: str) -> str | None:
     return None
 
 
-def fold_spatial_units(sas, device, dtype, executor: str, backend: str) -> dict:
-    """K spatial units → one 1×1 (K·R×C) and K merged 3×3 kernels (K×O×R×3×3), BN folded.
-    On the CPU executors they become two prepacked convs (one 1×1, one grouped 3×3 + ReLU)."""
+def fold_spatial_units(sas, device, dtype, backend: str) -> dict:
+    """K spatial units → one 1×1 (K·R×C) and K merged 3×3 kernels (K×O×R×3×3), BN folded:
+    `w1`, `b1`, `w3`, `b3` for the fused op; on the CPU torch backend also `runners`, the same
+    weights as two folded convs (one 1×1, one grouped 3×3 + ReLU) for the oneDNN executors."""
     w1, b1, w3, b3 = [], [], [], []
     for sa in sas:
         w, b = fold_batchnorm(sa.conv1x1[0].weight, sa.conv1x1[0].bias, sa.conv1x1[1])
@@ -72,21 +73,26 @@ def fold_spatial_units(sas, device, dtype, executor: str, backend: str) -> dict:
     w1, b1, w3, b3 = torch.cat(w1), torch.cat(b1), torch.stack(w3), torch.stack(b3)
     K, O, R = w3.shape[:3]
     f32 = torch.float32
-    if executor in ONEDNN_EXECUTORS:
-        return {"conv1x1": ConvRunner(w1.view(K * R, -1, 1, 1).to(device, f32), b1.to(device, f32), executor),
-                "conv3x3": ConvRunner(w3.reshape(K * O, R, 3, 3).to(device, f32), b3.view(-1).to(device, f32),
-                                      executor, padding=(1, 1), groups=K)}
+    runners = {}
+    if backend == "torch" and device.type == "cpu" and dtype == f32:
+        runners = {"runners": (ConvRunner(w1.view(K * R, -1, 1, 1).to(device, f32), b1.to(device, f32)),
+                               ConvRunner(w3.reshape(K * O, R, 3, 3).to(device, f32), b3.view(-1).to(device, f32),
+                                          padding=(1, 1), groups=K))}
     if backend == "triton":
         # tap-major storage (K×3×3×R×O) so a tile of output channels is one coalesced load
         w3 = w3.permute(0, 3, 4, 2, 1).contiguous().permute(0, 4, 3, 1, 2)
-    return {"w1": w1.to(device, dtype), "b1": b1.to(device, f32), "w3": w3.to(device, dtype), "b3": b3.to(device, f32)}
+    return {"w1": w1.to(device, dtype), "b1": b1.to(device, f32), "w3": w3.to(device, dtype), "b3": b3.to(device, f32),
+            **runners}
 
 
 def spatial_maps(unit, f: dict, x: torch.Tensor, gate_w=None, gate_b=None) -> torch.Tensor:
     """The K float32 maps (B×K×H×W) on the unit's backend; `f` from fold_spatial_units."""
-    if "conv1x1" in f:  # oneDNN/Winograd executors (CPU): the same math as spatial_attention_map_reference
+    executor = unit.conv_executor()
+    if executor != "aten" and "runners" in f:  # oneDNN executors (CPU): spatial_attention_map_reference's math
         B, _, H, W = x.shape
-        z = f["conv3x3"].run(f["conv1x1"].run(x), act="relu").view(B, unit.num_heads, -1, H, W)
+        conv1x1, conv3x3 = f["runners"]
+        z = conv3x3.run(conv1x1.run(x, executor=executor), act="relu", executor=executor).view(
+            B, unit.num_heads, -1, H, W)
         if gate_w is None:
             return z.sum(2, dtype=torch.float32)
         return torch.sigmoid(torch.einsum("bkohw,ko->bkhw", z, gate_w) + gate_b.view(1, -1, 1, 1))
