@@ -12,7 +12,7 @@ import types
 import torch
 import torch.nn as nn
 
-from .executors import selected_executor
+from .executors import ConvRunner, selected_executor
 
 _FOLD_LOCK = threading.RLock()  # folded caches are built once, even when threads race to the first call
 UNIT_ATTR = "_ferfuse_unit"
@@ -98,8 +98,6 @@ class FusedUnit:
 
     def conv_runners(self, device: torch.device) -> list:
         """The folded convolutions (executors.ConvRunner) this unit runs."""
-        from .executors import ConvRunner
-
         found = []
         for value in self.folded(device).values():
             found += [v for v in (value if isinstance(value, tuple) else (value,)) if isinstance(v, ConvRunner)]

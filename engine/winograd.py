@@ -187,7 +187,7 @@ def _channels_last(t: torch.Tensor) -> torch.Tensor:
 
 class WinogradConv:
     """A folded 3×3 stride-1 convolution run as F(m×m, 3×3): C input transform, oneDNN grouped 1×1
-    GEMMs on weights prepacked per tile grid, C output transform with bias, residual and ReLU."""
+    GEMMs on weights packed per GEMM input shape (batch included), C output transform with bias, residual and ReLU."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, groups: int = 1, tile: int = 4):
         if weight.dtype != torch.float32 or weight.device.type != "cpu":
