@@ -72,13 +72,15 @@ def _no_grad(fn):
 def _onnxruntime(model, example, device):
     import onnxruntime as ort
 
-    path = os.path.join(tempfile.mkdtemp(prefix="ferfuse-bench-"), "model.onnx")
     from ferfuse.engine.export import export_onnx
-    export_onnx(model, path, example_inputs=example, verify=False)
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-    session = ort.InferenceSession(path, options, providers=providers)
+    with tempfile.TemporaryDirectory(prefix="ferfuse-bench-") as folder:  # the session holds the model
+        path = os.path.join(folder, "model.onnx")
+        export_onnx(model, path, example_inputs=example, verify=False)
+        session = ort.InferenceSession(path, options, providers=providers)
     name = session.get_inputs()[0].name
 
     def run(x):
