@@ -68,6 +68,16 @@ def verification_forms(candidates: tuple[str, ...], runners=None) -> tuple[str, 
     return tuple(dict.fromkeys(forms))
 
 
+def once(cache: dict, key, lock: threading.Lock, make):
+    """`cache[key]`, made by `make()` the first time, under `lock` so racing threads time it once."""
+    if key in cache:
+        return cache[key]
+    with lock:
+        if key not in cache:
+            cache[key] = make()
+        return cache[key]
+
+
 def fastest(candidates, run, runs: int = TIMED_RUNS) -> tuple[object, dict]:
     """Time `run(candidate)` for each candidate (one untimed call first: it packs and warms) and
     return (the fastest, {candidate: ms})."""
@@ -106,22 +116,18 @@ class ExecutorChoice:
     @torch.compiler.disable
     def for_input(self, x: torch.Tensor, forward) -> str:
         """The executor for `x`'s shape; `forward(x)` runs the model (no grad) under the selected one."""
-        shape = tuple(x.shape)
-        chosen = self.by_shape.get(shape)
-        if chosen is not None:
-            return chosen
-        with self._lock:
-            if shape not in self.by_shape:
-                if len(self.candidates) == 1:
-                    self.by_shape[shape] = self.candidates[0]
-                else:
-                    def run(executor):
-                        with use_executor(executor):
-                            forward(x)
+        def run(executor):
+            with use_executor(executor):
+                forward(x)
 
-                    best, self.timings[shape] = fastest(self.candidates, run)
-                    self.by_shape[shape] = best
-            return self.by_shape[shape]
+        def choose():
+            if len(self.candidates) == 1:
+                return self.candidates[0]
+            best, self.timings[shape] = fastest(self.candidates, run)
+            return best
+
+        shape = tuple(x.shape)
+        return once(self.by_shape, shape, self._lock, choose)
 
 
 def onednn_available() -> bool:
@@ -218,23 +224,20 @@ class ConvRunner:
     def tuned_tile(self, x, act, residual) -> int | None:
         """The Winograd tile (4, 2) or None (direct) for this problem: timed on its first call in
         this process, kept after. Maps under 4×4 hold less than one F(2×2) input tile: direct."""
-        key = self.problem(x, act, residual)
-        if key in TILE_BY_PROBLEM:
-            return TILE_BY_PROBLEM[key]
-        with _TILE_LOCK:
-            if key not in TILE_BY_PROBLEM:
-                tile = None
-                if min(x.shape[2:]) >= 4:
-                    def run(t):
-                        if t is None:
-                            return self.direct(x, act, residual)
-                        return self.winograd(t).run(x, relu=act == "relu", residual=residual)
+        def run(t):
+            if t is None:
+                return self.direct(x, act, residual)
+            return self.winograd(t).run(x, relu=act == "relu", residual=residual)
 
-                    tile, _ = fastest((None, 4, 2), run)
-                    for t, conv in self._winograd.items():  # the losers' packings for this shape
-                        if t != tile:
-                            conv.drop_packed(x.shape)
-                    if tile is not None:
-                        self._packed.pop(tuple(x.shape), None)
-                TILE_BY_PROBLEM[key] = tile
-            return TILE_BY_PROBLEM[key]
+        def choose():
+            if min(x.shape[2:]) < 4:
+                return None
+            tile, _ = fastest((None, 4, 2), run)
+            for t, conv in self._winograd.items():  # the losers' packings for this shape
+                if t != tile:
+                    conv.drop_packed(x.shape)
+            if tile is not None:
+                self._packed.pop(tuple(x.shape), None)
+            return tile
+
+        return once(TILE_BY_PROBLEM, self.problem(x, act, residual), _TILE_LOCK, choose)
