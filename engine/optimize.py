@@ -112,6 +112,16 @@ def report(model: nn.Module) -> Report:
     return model.__dict__[STATE_ATTR].report
 
 
+def attention_maps(model: nn.Module, images: torch.Tensor) -> torch.Tensor | None:
+    """The spatial attention maps (B×K×H×W) a fused unit of `model` computes for `images` on its
+    fused path (DAN's and MACA-Net's heads), or None when no active unit computes any."""
+    state = model.__dict__.get(STATE_ATTR)
+    for unit in state.units if state is not None else ():
+        if hasattr(unit, "attention_maps") and unit.active(model):
+            return unit.attention_maps(model, images)
+    return None
+
+
 def revert(model: nn.Module) -> nn.Module:
     """Restore the original forward of every module optimize() touched."""
     state = model.__dict__.pop(STATE_ATTR, None)

@@ -55,12 +55,14 @@ class FERModel(nn.Module):
         return optimize(self, **options)
 
     @staticmethod
-    def preprocess_transform(size: int):
-        """Eval preprocessing: RGB, bilinear resize, [0, 1], ImageNet mean and std."""
+    def preprocess_transform(size: int | tuple[int, int]):
+        """Eval preprocessing of a PIL RGB image: bilinear resize to `size` (H, W), [0, 1],
+        ImageNet mean and std."""
         from torchvision import transforms
 
+        size = (size, size) if isinstance(size, int) else tuple(size)
         return transforms.Compose([
-            transforms.Resize((size, size), interpolation=transforms.InterpolationMode.BILINEAR),
+            transforms.Resize(size, interpolation=transforms.InterpolationMode.BILINEAR),
             transforms.ToTensor(),
             transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ])

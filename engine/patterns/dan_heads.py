@@ -38,6 +38,7 @@ class FusedDANHeads(FusedUnit):
     """K heads + log-softmax fusion + fc (+ bn) as spatial_attention_map + head_fusion."""
 
     pattern = "dan_heads"
+    gated = False  # the maps are the ReLU'd multi-scale sums (MACA-Net: a sigmoid gate over them)
 
     def __init__(self, heads: dict[str, nn.Module], fc, bn, **kw):
         covered = {**heads, "fc": fc, **({"bn": bn} if bn is not None else {})}
@@ -62,6 +63,10 @@ class FusedDANHeads(FusedUnit):
         xc = x.to(self.dtype)
         gate = (f["gate_w"], f["gate_b"]) if gated else ()
         return f, xc, spatial_maps(self, f, xc, *gate)
+
+    def attention_maps(self, model, images):
+        """Each head's spatial map for `images` (B×K×H×W), as the fused path computes it."""
+        return self.maps(model.features(images), gated=self.gated)[2]
 
     def forward(self, x):
         """x: the trunk's B×C×H×W map. Returns (logits, heads) in x's dtype."""

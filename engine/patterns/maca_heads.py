@@ -40,6 +40,7 @@ class FusedMACAHeads(FusedDANHeads):
     """DAN's unit with the gate and the in-head fusion conv: same coverage, reference and install."""
 
     pattern = "maca_heads"
+    gated = True
 
     def fold(self, device):
         c, f32 = self.channels, torch.float32
@@ -51,7 +52,7 @@ class FusedMACAHeads(FusedDANHeads):
                 "bf": torch.stack([layer_bias(h.fuse) for h in self.heads]).to(device, f32)}
 
     def forward(self, x):
-        f, xc, gates = self.maps(x, gated=True)  # gates: B×K×H×W
+        f, xc, gates = self.maps(x, gated=self.gated)  # gates: B×K×H×W
         B, C, H, W = x.shape
         xf = xc.float().reshape(B, C, H * W)
         v_sa = torch.bmm(gates.view(B, self.num_heads, H * W), xf.transpose(1, 2)) / (H * W)

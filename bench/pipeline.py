@@ -1,0 +1,165 @@
+"""End-to-end faces/s on a video: ferfuse's pipeline against DAN's demo loop, same frames.
+
+DAN's `demo.py` (upstream) per image: PIL RGB → BGR → `detectMultiScale` with OpenCV's defaults
+on the full frame → per face a PIL crop, `Resize((224, 224))`, `ToTensor`, ImageNet `Normalize`,
+one eager forward of batch 1 (the demo classifies faces[0]; here every face, one at a time).
+ferfuse: `FacePipeline` with its defaults (Haar search at ≤640 px, reading and detection in a
+background thread, faces of consecutive frames batched, optimised model). A third row runs the
+pipeline with the demo's detector settings, to tell the detector's share from the model's.
+
+    python -m ferfuse.bench.pipeline --frames 40 --json bench/results/cpu-avx2-pipeline.json
+
+The video is written from scikit-image's astronaut photograph: four faces per frame (the photo and
+its mirror image in a 2×2 grid), panning a few pixels a frame. Each loop runs once untimed on the
+first frames (the optimised model times its executors per batch shape on its first calls), then
+is timed over the whole video; the cold time is kept too."""
+import argparse
+import copy
+import json
+import os
+import platform
+import tempfile
+import time
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from ferfuse import models
+from ferfuse.pipeline import FacePipeline, HaarDetector
+from ferfuse.pipeline.sources import frames as read_frames
+
+from .providers import device_name
+
+
+def write_video(path: str, frames: int = 40, side: int = 1024, fps: float = 25.0) -> str:
+    """Four astronaut faces per frame (the photo and its mirror in a 2×2 grid), panning 3 px a frame."""
+    from skimage import data
+
+    a = data.astronaut()
+    grid = np.concatenate([np.concatenate([a, a[:, ::-1]], 1), np.concatenate([a[:, ::-1], a], 1)], 0)
+    grid = cv2.resize(grid, (side, side), interpolation=cv2.INTER_AREA)
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), fps, (side, side))
+    for i in range(frames):
+        writer.write(cv2.cvtColor(np.roll(grid, 3 * i, axis=1), cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def demo_loop(model, video: str, limit: int | None = None) -> list[dict]:
+    """DAN's demo.py per frame, every face in turn (eager, batch 1)."""
+    transform = models.FERModel.preprocess_transform(224)
+    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    labels = models.LABELS["rafdb"]
+    out = []
+    capture = cv2.VideoCapture(video)
+    index = 0
+    while limit is None or index < limit:
+        ok, bgr = capture.read()
+        if not ok:
+            break
+        img0 = Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))       # demo: Image.open(...).convert("RGB")
+        faces = cascade.detectMultiScale(cv2.cvtColor(np.asarray(img0), cv2.COLOR_RGB2BGR))
+        for x, y, w, h in faces:
+            img = transform(img0.crop((x, y, x + w, y + h))).view(1, 3, 224, 224)
+            with torch.set_grad_enabled(False):
+                logits, _, _ = model(img)
+            out.append({"frame": index, "box": [int(x), int(y), int(x + w), int(y + h)],
+                        "label": labels[int(logits.argmax(1))]})
+        index += 1
+    capture.release()
+    return out
+
+
+def pipeline_loop(pipe: FacePipeline, video: str, limit: int | None = None) -> list[dict]:
+    items = read_frames([video])
+    if limit is not None:
+        items = (f for i, f in zip(range(limit), items))
+    return [{"frame": r.index, "box": face.box, "label": face.label}
+            for r in pipe.results(list(items) if limit is not None else [video]) for face in r.faces]
+
+
+def timed(fn) -> tuple[list, float]:
+    t0 = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - t0
+
+
+def iou(a, b) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def label_agreement(reference: list[dict], other: list[dict], min_iou: float = 0.5) -> tuple[int, int]:
+    """(faces of `other` matched to a `reference` face of the same frame by IoU, of those the
+    ones with the same label)."""
+    matched = same = 0
+    for face in other:
+        best = max((r for r in reference if r["frame"] == face["frame"]), key=lambda r: iou(r["box"], face["box"]),
+                   default=None)
+        if best is not None and iou(best["box"], face["box"]) >= min_iou:
+            matched += 1
+            same += best["label"] == face["label"]
+    return matched, same
+
+
+def run(frames: int = 40, side: int = 1024, warmup_frames: int = 4, seed: int = 0) -> dict:
+    torch.manual_seed(seed)
+    eager = models.randomize_batchnorm(models.dan(), seed=seed).eval()
+    optimised = copy.deepcopy(eager)
+    with tempfile.TemporaryDirectory() as tmp:
+        video = write_video(os.path.join(tmp, "faces.avi"), frames, side)
+        t0 = time.perf_counter()
+        pipe = FacePipeline(optimised)  # the default optimize(), verified
+        build_s = time.perf_counter() - t0
+        demo_pipe = FacePipeline(optimised, detector=HaarDetector(scale_factor=1.1, min_neighbors=3, min_size=24,
+                                                                  max_side=None))
+        loops = {"dan-demo-loop (eager, one face at a time)": lambda limit=None: demo_loop(eager, video, limit),
+                 "ferfuse-pipeline": lambda limit=None: pipeline_loop(pipe, video, limit),
+                 "ferfuse-pipeline, demo's detector settings": lambda limit=None: pipeline_loop(demo_pipe, video, limit)}
+        results = {}
+        for name, loop in loops.items():
+            _, first = timed(lambda: loop(warmup_frames))
+            faces, seconds = timed(loop)
+            results[name] = {"faces": len(faces), "seconds": seconds, "faces_per_s": len(faces) / seconds,
+                             "frames_per_s": frames / seconds, "warmup_s": first, "predictions": faces}
+    base = results["dan-demo-loop (eager, one face at a time)"]
+    for name, r in results.items():
+        r["speedup_faces_per_s"] = r["faces_per_s"] / base["faces_per_s"]
+        r["matched_to_demo"], r["same_label_as_demo"] = label_agreement(base["predictions"], r["predictions"])
+    for r in results.values():
+        del r["predictions"]
+    return {"device_name": device_name("cpu"), "torch": torch.__version__, "opencv": cv2.__version__,
+            "threads": torch.get_num_threads(), "python": platform.python_version(), "frames": frames,
+            "side": side, "build_s": build_s, "results": results}
+
+
+def table(report: dict) -> str:
+    lines = [f"{report['frames']} frames of {report['side']}×{report['side']}, 4 faces each; {report['device_name']}",
+             f"{'loop':<46} {'faces':>6} {'faces/s':>8} {'speed-up':>9} {'first frames s':>15} {'same label':>11}"]
+    for name, r in report["results"].items():
+        lines.append(f"{name:<46} {r['faces']:>6} {r['faces_per_s']:>8.1f} {r['speedup_faces_per_s']:>8.2f}x "
+                     f"{r['warmup_s']:>15.2f} {r['same_label_as_demo']:>5}/{r['matched_to_demo']:<5}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--frames", type=int, default=40)
+    p.add_argument("--side", type=int, default=1024)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    report = run(args.frames, args.side)
+    print(table(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"JSON: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
