@@ -13,6 +13,7 @@ PACKAGES = {
     "ferfuse.engine.patterns": "engine/patterns",
     "ferfuse.models": "models",
     "ferfuse.bench": "bench",
+    "ferfuse.pipeline": "pipeline",
 }
 
 setup(
@@ -24,7 +25,9 @@ setup(
     package_dir=PACKAGES,
     package_data={"ferfuse.engine": ["winograd.c"]},  # the Winograd transforms, compiled on first use
     # Lower bounds only: GPU machines run torch 2.11 / triton 3.6, development machines 2.14.1.
-    install_requires=["torch>=2.4", "torchvision>=0.19", "numpy"],
+    # OpenCV 4.x: the 5.x wheels dropped the Haar cascades the face detector uses
+    install_requires=["torch>=2.4", "torchvision>=0.19", "numpy", "opencv-python-headless>=4.8,<5", "pillow",
+                      "tqdm", "matplotlib"],
     extras_require={
         "dev": [
             "pytest",
@@ -34,7 +37,7 @@ setup(
             "onnx",
             "onnxruntime",
             "onnxscript",
-            "matplotlib",
+            "scikit-image",  # its bundled photographs test the face pipeline
         ],
     },
     entry_points={"console_scripts": ["ferfuse=ferfuse.cli:main"]},

@@ -1,4 +1,4 @@
-"""The `ferfuse` command: demo, bench, flops, export-onnx, env."""
+"""The `ferfuse` command: demo, bench, flops, export-onnx, env; predict, evaluate, explain (pipeline/cli.py)."""
 import argparse
 import statistics
 import sys
@@ -109,15 +109,10 @@ def flops(args) -> int:
 
 
 def export_onnx(args) -> int:
-    from ferfuse import engine, models
+    from ferfuse import engine
+    from ferfuse.pipeline.cli import load_model
 
-    if args.checkpoint:
-        model = type(models.get(args.model)).from_checkpoint(args.checkpoint)
-    else:
-        torch.manual_seed(0)
-        model = models.randomize_batchnorm(models.get(args.model))
-        print(f"no --checkpoint: exporting {args.model} with seeded random weights")
-    model.eval()
+    model = load_model(args.model, args.checkpoint)
     if not args.plain:
         model.optimize()
         print(engine.report(model))
@@ -169,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=export_onnx)
     p = sub.add_parser("env", help="versions and backends, for bug reports")
     p.set_defaults(func=env)
+    from ferfuse.pipeline import cli as pipeline_cli
+
+    pipeline_cli.add_parsers(sub)
     return parser
 
 

@@ -242,20 +242,20 @@ class FacePipeline:
 
         `inputs`: paths, folders, `camera:N`, or Frame objects; `boxes`, with Frame inputs only, the
         faces to use instead of detecting (one n×4 array per frame)."""
+        inputs = list(inputs)
         if boxes is not None:
-            frames = list(inputs)
-            items = (self.prepare(f, b, keep_images) for f, b in zip(frames, boxes))
+            items = (self.prepare(f, b, keep_images) for f, b in zip(inputs, boxes))
             live = False
         else:
             listed = [i for i in inputs if not isinstance(i, Frame)]
-            if listed and len(listed) != len(list(inputs)):
+            if listed and len(listed) != len(inputs):
                 raise ValueError("inputs mix Frame objects and paths")
             if listed:
                 expanded, _ = sources.expand(listed)
                 live = any(s.startswith(sources.CAMERA_PREFIX) for s in expanded)
                 items = self._prepared(sources.frames(expanded, every), keep_images)
             else:
-                items, live = self._prepared(list(inputs), keep_images), False
+                items, live = self._prepared(inputs, keep_images), False
         pending, queued = [], []  # entries in input order; (entry, face index) awaiting the model
         for entry in run_ahead(items, self.prefetch):
             pending.append(entry)

@@ -10,7 +10,7 @@ from PIL import Image
 
 from ferfuse import models
 from ferfuse.cli import main
-from ferfuse.pipeline import FacePipeline, Frame, resolve_labels
+from ferfuse.pipeline import Frame, resolve_labels
 from ferfuse.pipeline.sources import read_image
 
 
