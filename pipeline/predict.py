@@ -78,7 +78,6 @@ class FrameResult:
 
 @dataclass
 class _Prepared:
-    frame: Frame
     boxes: np.ndarray
     crops: torch.Tensor     # n×3×H×W, preprocessed
     result: FrameResult
@@ -156,7 +155,7 @@ class FacePipeline:
     """Faces in images, folders, videos and cameras → a label and scores per face.
 
     `model`: any FER network (ferfuse's or the upstream classes), optimised here with the default
-    `optimize()` unless `optimize=False`. `detector`: 'haar' (default), None for aligned crops
+    `optimize()` unless `optimize_model=False`. `detector`: 'haar' (default), None for aligned crops
     (the whole image is the face), or a callable RGB image → n×4 boxes. `labels`: see
     resolve_labels. Preprocessing is the upstream evaluation transform (RGB crop, bilinear resize
     to the model's input size, ImageNet normalisation), applied with torchvision.
@@ -193,7 +192,7 @@ class FacePipeline:
                  else torch.empty(0, 3, *self.size))
         result = FrameResult(frame.source, frame.index, frame.time_s, [Face(b.tolist()) for b in boxes],
                              frame.image if keep_image else None)
-        return _Prepared(frame, boxes, crops, result, len(boxes))
+        return _Prepared(boxes, crops, result, len(boxes))
 
     def _prepared(self, items, keep_images):
         for item in items:

@@ -104,9 +104,9 @@ def _video_frames(source: str, capture: cv2.VideoCapture, every: int, live: bool
     index = 0
     try:
         while True:
-            # frames between the sampled ones are grabbed, not decoded
-            ok = capture.grab() if index % every else capture.read()[0]
-            if not ok:
+            # every frame is grabbed, only the sampled ones decoded (read() would decode each, and a
+            # retrieve() after it would decode the sampled ones a second time)
+            if not capture.grab():
                 break
             if index % every == 0:
                 ok, image = capture.retrieve()
