@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from ferfuse import models
-from ferfuse.bench.pipeline import demo_loop, label_agreement, pipeline_loop, write_video
+from ferfuse.bench.photographs import write_video
+from ferfuse.bench.pipeline import demo_loop, label_agreement, pipeline_loop
 from ferfuse.pipeline import FacePipeline
 
 
@@ -19,7 +20,7 @@ from ferfuse.pipeline import FacePipeline
 def setup(tmp_path_factory):
     torch.manual_seed(0)
     eager = models.randomize_batchnorm(models.dan(), seed=0).eval()
-    video = write_video(str(tmp_path_factory.mktemp("video") / "faces.avi"), frames=3, side=1024)
+    video = write_video(str(tmp_path_factory.mktemp("video") / "faces.avi"), frames=3, side=1024, pan=3)
     pipe = FacePipeline(copy.deepcopy(eager), batch_size=4)
     return eager, pipe, video, demo_loop(eager, video)
 
