@@ -38,7 +38,9 @@ setup(
             "onnxruntime",
             "onnxscript",
             "scikit-image",  # its bundled photographs test the face pipeline
+            "ray[data]>=2.50",  # the Ray engine's tests run on a local cluster
         ],
+        "ray": ["ray[data]>=2.50"],  # ferfuse predict --engine ray
     },
     entry_points={"console_scripts": ["ferfuse=ferfuse.cli:main"]},
 )

@@ -69,10 +69,9 @@ def explain(pipeline: FacePipeline, image) -> list[Explanation]:
     maps = attention_maps(pipeline.model, prepared.crops.to(pipeline.device)).cpu()
     logits = pipeline.infer(prepared.crops)
     out = []
-    for box, m, row in zip(prepared.boxes.tolist(), maps, torch.softmax(logits.double(), 1).tolist()):
+    for box, m, (label, scores) in zip(prepared.boxes.tolist(), maps, pipeline.classify(logits)):
         x1, y1, x2, y2 = box
-        scores = dict(zip(pipeline.labels, row))
-        out.append(Explanation(box, rgb[y1:y2, x1:x2].copy(), m.numpy(), max(scores, key=scores.get), scores))
+        out.append(Explanation(box, rgb[y1:y2, x1:x2].copy(), m.numpy(), label, scores))
     return out
 
 

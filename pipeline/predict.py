@@ -131,6 +131,19 @@ def run_ahead(iterable, depth: int):
         thread.join()
 
 
+def find_faces(detector, image: np.ndarray, boxes=None) -> np.ndarray:
+    """n×4 int64 boxes of the faces in `image` (by `detector`, unless `boxes` are given), empty
+    boxes dropped."""
+    boxes = np.asarray(detector(image) if boxes is None else boxes, dtype=np.int64).reshape(-1, 4)
+    return boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
+
+
+def crop_face(image: np.ndarray, box, transform) -> torch.Tensor:
+    """The preprocessed face: the box's pixels, as a PIL image through torchvision's transform."""
+    x1, y1, x2, y2 = (int(v) for v in box)
+    return transform(Image.fromarray(np.ascontiguousarray(image[y1:y2, x1:x2])))
+
+
 def input_size_of(model, input_size=None) -> tuple[int, int]:
     """(H, W) the model's eval preprocessing resizes to: the argument, `model.input_size`, else the
     size `optimize()` verified the model on (it probes the usual FER sizes)."""
@@ -181,13 +194,10 @@ class FacePipeline:
 
     # -- preparation (background thread) ------------------------------------------------------
     def crop(self, image: np.ndarray, box) -> torch.Tensor:
-        """The preprocessed face: the box's pixels, as a PIL image through torchvision's transform."""
-        x1, y1, x2, y2 = (int(v) for v in box)
-        return self.transform(Image.fromarray(np.ascontiguousarray(image[y1:y2, x1:x2])))
+        return crop_face(image, box, self.transform)
 
     def prepare(self, frame: Frame, boxes=None, keep_image: bool = False) -> _Prepared:
-        boxes = np.asarray(self.detector(frame.image) if boxes is None else boxes, dtype=np.int64).reshape(-1, 4)
-        boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
+        boxes = find_faces(self.detector, frame.image, boxes)
         crops = (torch.stack([self.crop(frame.image, b) for b in boxes]) if len(boxes)
                  else torch.empty(0, 3, *self.size))
         result = FrameResult(frame.source, frame.index, frame.time_s, [Face(b.tolist()) for b in boxes],
@@ -224,16 +234,19 @@ class FacePipeline:
         self.seconds["reference" if model is self.reference else "model"] += time.perf_counter() - t0
         return torch.cat(out) if out else torch.empty(0, len(self.labels))
 
+    def classify(self, logits: torch.Tensor) -> list[tuple[str, dict[str, float]]]:
+        """(label, scores) per row of logits: softmax in float64, the label of the highest score."""
+        scores = torch.softmax(logits.double(), dim=1).tolist()
+        return [(self.labels[int(np.argmax(row))], dict(zip(self.labels, row))) for row in scores]
+
     def _run(self, prepared_faces):
         crops = torch.stack([entry.crops[i] for entry, i in prepared_faces])
         logits = self.infer(crops)
         reference = self.infer(crops, self.reference) if self.reference is not None else [None] * len(logits)
-        scores = torch.softmax(logits.double(), dim=1)
-        for (entry, i), row, logit, ref in zip(prepared_faces, scores.tolist(), logits, reference):
+        for (entry, i), (label, scores), logit, ref in zip(prepared_faces, self.classify(logits), logits, reference):
             face = entry.result.faces[i]
             face.logits, face.reference_logits = logit, ref
-            face.scores = dict(zip(self.labels, row))
-            face.label = self.labels[int(np.argmax(row))]
+            face.label, face.scores = label, scores
             entry.waiting -= 1
 
     def results(self, inputs, every: int = 1, keep_images: bool = False, boxes=None):
