@@ -17,7 +17,6 @@ round's ratios compare loops run side by side (a shared 2-core machine drifts by
 over minutes). The speed-up reported is the median of the rounds' ratios; each round's is kept."""
 import argparse
 import copy
-import json
 import os
 import platform
 import statistics
@@ -35,6 +34,7 @@ from ferfuse.pipeline.sources import frames as read_frames
 
 from .photographs import write_video
 from .providers import device_name
+from .report import publish
 
 
 DEMO = "dan-demo-loop (eager, one face at a time)"
@@ -157,11 +157,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     report = run(args.frames, args.side, rounds=args.rounds)
-    print(table(report))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-        print(f"JSON: {args.json}")
+    publish(report, table(report), args.json)
     return 0
 
 

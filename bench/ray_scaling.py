@@ -17,7 +17,6 @@ workers have the read tasks beside them). Rows are checked equal to the local en
 sources, boxes and labels) before any figure is kept."""
 import argparse
 import copy
-import json
 import os
 import platform
 import tempfile
@@ -31,6 +30,7 @@ from ferfuse.pipeline import FacePipeline
 
 from .photographs import varied_folder
 from .providers import device_name
+from .report import publish
 
 
 SMALL = 8  # images of the run that measures Ray's fixed cost (one read task)
@@ -114,11 +114,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     report = run(args.images, args.workers)
-    print(table(report))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-        print(f"JSON: {args.json}")
+    publish(report, table(report), args.json)
     return 0
 
 

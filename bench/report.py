@@ -3,6 +3,15 @@ import json
 from collections import defaultdict
 
 
+def publish(report: dict, text: str, path: str | None) -> None:
+    """A benchmark script's end: its table on stdout, its report as JSON at `path` (if given)."""
+    print(text)
+    if path:
+        with open(path, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"JSON: {path}")
+
+
 def load_rows(path) -> list[dict]:
     data = json.loads(open(path).read())
     rows = []
