@@ -108,6 +108,16 @@ class FusedUnit:
         return "aten" if self.decomposed else selected_executor(self.executor)
 
     # -- installing: rebinding forward on live modules -------------------------------------------
+    def run(self, module: nn.Module, x: torch.Tensor):
+        """What `module`'s forward returns when this unit is active. A unit installed on a module it
+        replaces whole returns `forward(x)`; one installed on a whole model (DAN, MHAN) runs the
+        model's trunk first and returns what the model's forward returns."""
+        return self.forward(x)
+
+    def install_forward(self, module: nn.Module, display_name: str):
+        """Install the fused forward on `module` (see fused_forward)."""
+        self.rebind(module, fused_forward, display_name)
+
     def rebind(self, module: nn.Module, forward=None, display_name: str | None = None):
         module.__dict__[UNIT_ATTR] = self
         if forward is not None:
@@ -138,3 +148,10 @@ def unit_of(module: nn.Module) -> FusedUnit:
 
 def original_forward(module: nn.Module, *args, **kwargs):
     return type(module).forward(module, *args, **kwargs)
+
+
+def fused_forward(self, x):
+    """The forward every unit installs: its fused computation while it is active (eval mode, not
+    inside original_path), the module class's own forward otherwise."""
+    unit = unit_of(self)
+    return unit.run(self, x) if unit.active(self) else original_forward(self, x)

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..fused import FusedUnit, original_forward, unit_of
+from ..fused import FusedUnit
 from . import Skip, is_claimed
 
 
@@ -61,12 +61,7 @@ class FusedCBAM(FusedUnit):
         return modules[0](x)
 
     def install(self, model):
-        self.rebind(self.module, _cbam_forward, f"{self.module._get_name()}[fused: cbam]")
-
-
-def _cbam_forward(self, x):
-    unit = unit_of(self)
-    return unit.forward(x) if unit.active(self) else original_forward(self, x)
+        self.install_forward(self.module, f"{self.module._get_name()}[fused: cbam]")
 
 
 class CBAMPattern:

@@ -38,7 +38,7 @@ class FoldedConvBN(FusedUnit):
 
     def install(self, model):
         act = f"+{self.act_module._get_name()}" if self.act_module is not None else ""
-        self.rebind(self.conv, _conv_forward, f"{self.conv._get_name()}+BN{act}[folded]")
+        self.install_forward(self.conv, f"{self.conv._get_name()}+BN{act}[folded]")
         self.rebind(self.bn, _pass_through, f"{self.bn._get_name()}[folded into conv]")
         if self.act_module is not None:
             self.rebind(self.act_module, _pass_through, f"{self.act_module._get_name()}[fused into conv]")
@@ -48,11 +48,6 @@ class FoldedConvBN(FusedUnit):
 
 
 _FUSABLE_ACTIVATIONS = {nn.ReLU: "relu", nn.SiLU: "silu", nn.Sigmoid: "sigmoid"}
-
-
-def _conv_forward(self, x):
-    unit = unit_of(self)
-    return unit.forward(x) if unit.active() else original_forward(self, x)
 
 
 def _pass_through(self, x):

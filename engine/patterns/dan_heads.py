@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from ...kernels import ops
 from ...kernels.head_fusion import head_fusion_reference, head_fusion_triton
-from ..fused import FusedUnit, original_forward, unit_of
+from ..fused import FusedUnit, original_forward
 from . import Skip, is_claimed
 from .spatial_unit import (BRANCHES, classifier_reason, fold_classifier, fold_se_mlps, fold_spatial_units,
                            se_mlp_reason, spatial_maps, spatial_unit_reason)
@@ -89,19 +89,18 @@ class FusedDANHeads(FusedUnit):
         out = modules[k](heads.sum(dim=1))
         return modules[k + 1](out) if self.bn is not None else out
 
+    def run(self, model, x):
+        """DAN's forward: (logits, features, heads); autograd through the input takes the original."""
+        if torch.is_grad_enabled() and x.requires_grad:
+            return original_forward(model, x)
+        features = model.features(x)
+        logits, heads = self.forward(features)
+        return logits, features, heads
+
     def install(self, model):
-        self.rebind(model, _dan_forward, f"{model._get_name()}[ferfuse]")
+        self.install_forward(model, f"{model._get_name()}[ferfuse]")
         for head in self.heads:
             self.rebind(head, None, f"{head._get_name()}[fused: {self.pattern}]")  # display only
-
-
-def _dan_forward(self, x):
-    unit = unit_of(self)
-    if not unit.active(self) or (torch.is_grad_enabled() and x.requires_grad):
-        return original_forward(self, x)
-    features = self.features(x)
-    logits, heads = unit.forward(features)
-    return logits, features, heads
 
 
 def find_heads(model, claimed, pattern, reason_fn):

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..algebra import fold_batchnorm, layer_bias
-from ..fused import FusedUnit, original_forward, unit_of
+from ..fused import FusedUnit, original_forward
 from . import Skip, is_claimed
 
 
@@ -153,18 +153,17 @@ class FusedMHAN(FusedUnit):
             m = torch.max(m, other)
         return fc(linear(x * m).flatten(1))
 
+    def run(self, model, x):
+        """MHAN's forward on the trunk's map; autograd through the input takes the original."""
+        if torch.is_grad_enabled() and x.requires_grad:
+            return original_forward(model, x)
+        return self.forward(model.features(x))
+
     def install(self, model):
-        self.rebind(model, _mhan_forward, f"{model._get_name()}[ferfuse]")
+        self.install_forward(model, f"{model._get_name()}[ferfuse]")
         for name, module in self.covered.items():
             if name.startswith("cat_head") or name == "ela":
                 self.rebind(module, None, f"{module._get_name()}[fused: {self.pattern}]")
-
-
-def _mhan_forward(self, x):
-    unit = unit_of(self)
-    if not unit.active(self) or (torch.is_grad_enabled() and x.requires_grad):
-        return original_forward(self, x)
-    return unit.forward(self.features(x))
 
 
 class MHANPattern:

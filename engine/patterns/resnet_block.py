@@ -6,7 +6,7 @@ import torch.nn as nn
 
 from ..algebra import fold_batchnorm
 from ..executors import ConvRunner
-from ..fused import FusedUnit, original_forward, unit_of
+from ..fused import FusedUnit
 from . import Skip, is_claimed
 from .conv_bn import foldable_reason
 
@@ -40,12 +40,7 @@ class FusedBasicBlock(FusedUnit):
         return modules[0](x)
 
     def install(self, model):
-        self.rebind(self.block, _block_forward, f"{self.block._get_name()}[fused: BN folded]")
-
-
-def _block_forward(self, x):
-    unit = unit_of(self)
-    return unit.forward(x) if unit.active(self) else original_forward(self, x)
+        self.install_forward(self.block, f"{self.block._get_name()}[fused: BN folded]")
 
 
 def block_reason(block: nn.Module) -> str | None:
