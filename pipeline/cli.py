@@ -69,7 +69,7 @@ def predict(args) -> int:
             if isinstance(result, Failure):
                 failed[result.source] = result.message
                 print(f"ferfuse predict: {result.source}: {result.message}", file=sys.stderr)
-                writer.write({"source": result.source, "error": result.message})
+                writer.write(result.record())
                 continue
             for record in result.records():
                 writer.write(record)

@@ -293,6 +293,6 @@ class FacePipeline:
             inputs = [inputs]
         for result in self.results(inputs, every=every):
             if isinstance(result, Failure):
-                yield {"source": result.source, "error": result.message}
+                yield result.record()
             else:
                 yield from result.records()

@@ -156,12 +156,10 @@ def predict_dataset(inputs, model="dan", checkpoint: str | None = None, *, label
         raise TypeError(f"model: a network name or an nn.Module, not {type(model).__name__}")
     size = input_size_of(probe, input_size)
     labels = resolve_labels(labels, num_classes_of(probe, size, "cpu"))
-    listed = []
     for item in inputs:
         if str(item).startswith(sources.CAMERA_PREFIX):
             raise ValueError(f"{item}: a camera is a live source; the Ray engine reads files (use the local engine)")
-        listed.append(item)
-    expanded, skipped = sources.expand(listed)
+    expanded, skipped = sources.expand(inputs)
     if not expanded:
         raise ValueError("no images or videos among the inputs" + (f" ({len(skipped)} other files)" if skipped else ""))
     cpus = resources.get("CPU", 0)
@@ -195,27 +193,29 @@ def write(ds, labels, output: str | None = None, output_dir: str | None = None, 
     (`format` 'parquet' or 'jsonl'). Returns counts: rows, faces, failed (source → message)."""
     from .output import RecordWriter
 
+    counts = {"rows": 0, "faces": 0, "failed": {}}
+
+    def count(row):
+        counts["rows"] += 1
+        counts["faces"] += row.get("box") is not None
+        if row.get("error") is not None:
+            counts["failed"][row["source"]] = row["error"]
+
     if output_dir is not None:
         if format not in ("parquet", "jsonl"):
             raise ValueError(f"format {format!r}: parquet or jsonl")
         (ds.write_parquet if format == "parquet" else ds.write_json)(output_dir)
-        table = ray.data.read_parquet(output_dir) if format == "parquet" else ray.data.read_json(output_dir)
-        rows = table.select_columns(["source", "error", "box"]).iter_rows()
-    else:
-        writer = RecordWriter(output, labels)
-        rows = []
-        try:
-            for record in records(ds.iter_rows(), labels):
-                writer.write(record)
-                rows.append({"source": record["source"], "error": record.get("error"), "box": record.get("box")})
-        finally:
-            writer.close()
-    counts = {"rows": 0, "faces": 0, "failed": {}}
-    for row in rows:
-        counts["rows"] += 1
-        counts["faces"] += row["box"] is not None
-        if row["error"] is not None:
-            counts["failed"][row["source"]] = row["error"]
+        written = ray.data.read_parquet(output_dir) if format == "parquet" else ray.data.read_json(output_dir)
+        for row in written.select_columns(["source", "error", "box"]).iter_rows():  # the counts, not the rows
+            count(row)
+        return counts
+    writer = RecordWriter(output, labels)
+    try:
+        for record in records(ds.iter_rows(), labels):
+            writer.write(record)
+            count(record)
+    finally:
+        writer.close()
     return counts
 
 

@@ -28,6 +28,10 @@ class Failure:
     source: str
     message: str
 
+    def record(self) -> dict:
+        """Its JSON-ready record, as the predictions write it."""
+        return {"source": self.source, "error": self.message}
+
 
 class UnreadableImage(ValueError):
     pass
@@ -132,10 +136,10 @@ def frames(sources, every: int = 1):
         except ValueError as e:
             yield Failure(source, str(e))
             continue
+        if kind != "camera" and not os.path.exists(source):
+            yield Failure(source, "no such file")
+            continue
         if kind == "image":
-            if not os.path.exists(source):
-                yield Failure(source, "no such file")
-                continue
             try:
                 yield Frame(source, read_image(source))
             except UnreadableImage as e:
@@ -144,9 +148,6 @@ def frames(sources, every: int = 1):
         if kind == "camera":
             spec = source[len(CAMERA_PREFIX):]
             capture = cv2.VideoCapture(int(spec) if spec.isdigit() else spec)
-        elif not os.path.exists(source):
-            yield Failure(source, "no such file")
-            continue
         else:
             capture = cv2.VideoCapture(source)
         if not capture.isOpened():

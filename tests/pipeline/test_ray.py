@@ -57,7 +57,7 @@ def local(dan, folder):
     expected, logits = [], []
     for result in pipe.results([str(folder)]):  # as FacePipeline.predict writes them
         if isinstance(result, Failure):
-            expected.append({"source": result.source, "error": result.message})
+            expected.append(result.record())
         else:
             expected += result.records()
             logits += [face.logits for face in result.faces]
