@@ -2,7 +2,7 @@
 
 Convention (as the FER papers tabulate "FLOPs"): one multiply-add counts once; fvcore's defaults
 also count BatchNorm (one per element), which is why folding lowers the optimised count beyond
-the merged 1×3/3×1 branches. ferfuse's fused ops are counted through handles registered here, so
+the merged 1×3/3×1 branches. ferfuse's fused ops are counted by the FLOP formula of their declarations (kernels/registry.py), so
 the optimised figure is a real count of what runs, not an estimate.
 
     ferfuse flops --model dan [--input-size 224] [--json]
@@ -13,39 +13,25 @@ import torch
 from fvcore.nn import FlopCountAnalysis, flop_count_table
 from fvcore.nn.jit_handles import get_shape
 
-from ferfuse import engine, models
+from ferfuse import engine, kernels, models
 
 
-def _spatial_attention_map_flops(inputs, outputs):
-    """1×1 GEMM for all heads + merged 3×3 implicit GEMM (+ the gate's weighted sum)."""
-    B, C, H, W = get_shape(inputs[0])
-    KR = get_shape(inputs[1])[0]
-    K, O, R = get_shape(inputs[3])[:3]
-    macs = B * H * W * KR * C + B * H * W * K * O * R * 9
-    if len(inputs) > 5 and get_shape(inputs[5]) is not None:
-        macs += B * H * W * K * O
-    return macs
-
-
-def _dan_head_fusion_flops(inputs, outputs):
-    """Pooling by the maps (K·C·HW), the squeeze-excite MLP (2·K·J·C), the classifier (N·C)."""
-    B, C, H, W = get_shape(inputs[0])
-    K = get_shape(inputs[1])[1]
-    J = get_shape(inputs[2])[1]
-    N = get_shape(inputs[6])[0]
-    return B * (K * C * H * W + 2 * K * J * C + N * C)
-
-
-FUSED_OP_HANDLES = {
-    "ferfuse::spatial_attention_map": _spatial_attention_map_flops,
-    "ferfuse::dan_head_fusion": _dan_head_fusion_flops,
-}
+def fused_op_handle(op):
+    """fvcore's handle for a declared fused op: its inputs named by the op's schema, tensors as
+    shapes, and the declaration's own FLOP formula."""
+    def handle(inputs, outputs):
+        values = {}
+        for name, value in zip(op.arg_names, inputs):
+            shape = get_shape(value) if value.isCompleteTensor() else None
+            values[name] = tuple(shape) if shape is not None else value.toIValue()
+        return op.count_flops(values)
+    return handle
 
 
 def count(model: torch.nn.Module, inputs: tuple) -> dict:
     analysis = FlopCountAnalysis(model, inputs)
-    for name, handle in FUSED_OP_HANDLES.items():
-        analysis.set_op_handle(name, handle)
+    for op in kernels.ops():  # every declared op, so a new one cannot go uncounted
+        analysis.set_op_handle(op.qualname, fused_op_handle(op))
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     total = analysis.total()
     return {

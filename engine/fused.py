@@ -96,6 +96,10 @@ class FusedUnit:
         """Derive the fused weights (on `device`) from the covered modules' current tensors."""
         raise NotImplementedError
 
+    def call(self, op, *args):
+        """Run the fused op `op` (a kernels registry declaration) on this unit's backend."""
+        return op(*args, backend=self.backend, allow_tf32=self.allow_tf32, decomposed=self.decomposed)
+
     def conv_runners(self, device: torch.device) -> list:
         """The folded convolutions (executors.ConvRunner) this unit runs."""
         found = []

@@ -1,8 +1,9 @@
-"""Fused Triton kernels, one op per file: the kernel(s), a launcher that checks its inputs, and
-the plain-torch reference of the same math. `ops` registers them with torch.library."""
-from . import ops
-from .head_fusion import head_fusion_reference, head_fusion_triton
-from .spatial_attention import spatial_attention_map_reference, spatial_attention_map_triton
+"""Fused Triton kernels, one op per file. Each file holds the kernel(s), a launcher that checks
+its inputs, the plain-torch reference of the same math, and the op's declaration
+(`registry.declare`). The declaration registers the op with torch.library and adds it to the
+registry that the AOT compiler, the FLOP report and the tests iterate."""
+from .registry import OPS, FusedOp, declare, ops
 
-__all__ = ["ops", "head_fusion_reference", "head_fusion_triton",
-           "spatial_attention_map_reference", "spatial_attention_map_triton"]
+ops()  # declare every op of this package
+
+__all__ = ["OPS", "FusedOp", "declare", "ops"]

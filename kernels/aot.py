@@ -17,14 +17,16 @@ SHARED_MEMORY_LIMIT = {80: 166_912, 90: 232_448}
 
 
 def configurations():
-    from . import head_fusion, spatial_attention
+    """Every kernel configuration the declared ops' launchers pick over their domains."""
+    from .registry import ops
 
-    yield from spatial_attention.aot_configurations()
-    yield from head_fusion.aot_configurations()
+    for op in ops():
+        yield from op.configurations()
 
 
-def _dtype_of(signature: dict) -> str:
-    return next(v for v in signature.values() if v.startswith("*")).lstrip("*")
+def kernel_name(launch) -> str:
+    """`_reduce_1x1_kernel` → `reduce_1x1`: the name the table prints."""
+    return launch.kernel.strip("_").removesuffix("_kernel")
 
 
 def compile_all(arch: int):
@@ -34,14 +36,16 @@ def compile_all(arch: int):
     from triton.compiler import ASTSource
 
     target = GPUTarget("cuda", arch, 32)
-    for name, fn, signature, constexprs, options in configurations():
-        row = {"kernel": name, "dtype": _dtype_of(signature),
+    for launch in configurations():
+        signature, constexprs, options = dict(launch.signature), dict(launch.constexprs), dict(launch.options)
+        row = {"kernel": kernel_name(launch),
+               "dtype": next(v for v in signature.values() if v.startswith("*")).lstrip("*"),
                "blocks": "×".join(str(v) for k, v in constexprs.items() if k.startswith("BLOCK_")),
                "constexprs": {k: v for k, v in constexprs.items() if not k.startswith("BLOCK_")},
                "options": options}
         t0 = time.perf_counter()
         try:
-            compiled = triton.compile(ASTSource(fn, signature, constexprs), target=target, options=options)
+            compiled = triton.compile(ASTSource(launch.fn, signature, constexprs), target=target, options=options)
         except Exception as err:  # noqa: BLE001 - every failure is reported, then the exit code says so
             row.update(ok=False, error=f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
             yield row

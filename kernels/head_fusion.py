@@ -11,66 +11,103 @@ One program per sample reads x once and writes the K×C heads and the logits.
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
 from .compat import check_input, dot_precision
+from .registry import declare, launch
 
 
 @triton.jit
-def _head_fusion_kernel(
-    x_ptr, map_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, wfc_ptr, bfc_ptr, logits_ptr, heads_ptr,
-    C, HW, W, J, NCLS, inv_hw,
-    sxb, sxc, sxh, sxw,
-    NUM_HEADS: tl.constexpr, LOG_SOFTMAX: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_J: tl.constexpr,
-    BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
-):
-    b = tl.program_id(0)
+def pool_by_maps(x_ptr, map_ptr, b, C, HW, W, num_maps, sxb, sxc, sxh, sxw,
+                 BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, PRECISION: tl.constexpr):
+    """v[k, c] = (1/HW) Σ_p map[b, k, p] · x[b, c, p] and the plain mean GAP(x)[c], x read once:
+    a (K × P) @ (P × C) product over pixel tiles. Shared with MACA-Net's fusion."""
     rk = tl.arange(0, BLOCK_K)
     rc = tl.arange(0, BLOCK_C)
-    rj = tl.arange(0, BLOCK_J)
-    head_ok = rk[:, None] < NUM_HEADS
-    chan_ok = rc < C
-
-    # v[k, c] = Σ_p map[k, p] · x[c, p]: a (K × P) @ (P × C) product, x read once
     v = tl.zeros((BLOCK_K, BLOCK_C), dtype=tl.float32)
+    total = tl.zeros((BLOCK_C,), dtype=tl.float32)
     for p0 in range(0, HW, BLOCK_P):
         rp = p0 + tl.arange(0, BLOCK_P)
-        m = tl.load(map_ptr + (b * NUM_HEADS + rk[:, None]) * HW + rp[None, :],
-                    mask=head_ok & (rp[None, :] < HW), other=0.0)
+        m = tl.load(map_ptr + (b * num_maps + rk[:, None]) * HW + rp[None, :],
+                    mask=(rk[:, None] < num_maps) & (rp[None, :] < HW), other=0.0)
         xt = tl.load(x_ptr + b * sxb + rc[None, :] * sxc + (rp[:, None] // W) * sxh + (rp[:, None] % W) * sxw,
-                     mask=(rp[:, None] < HW) & chan_ok[None, :], other=0.0)
-        v = tl.dot(m, xt.to(tl.float32), v, input_precision=PRECISION)
-    v = v * inv_hw
+                     mask=(rp[:, None] < HW) & (rc[None, :] < C), other=0.0).to(tl.float32)
+        v = tl.dot(m, xt, v, input_precision=PRECISION)
+        total += tl.sum(xt, axis=0)
+    return v / HW, total / HW
 
-    heads = tl.zeros((BLOCK_K, BLOCK_C), dtype=tl.float32)
-    wmask = (rj[:, None] < J) & chan_ok[None, :]
-    for k in tl.static_range(NUM_HEADS):
-        vk = tl.sum(tl.where(rk[:, None] == k, v, 0.0), axis=0)
-        w1 = tl.load(w1_ptr + (k * J + rj[:, None]) * C + rc[None, :], mask=wmask, other=0.0)
-        hk = tl.sum(w1 * vk[None, :], axis=1) + tl.load(b1_ptr + k * J + rj, mask=rj < J, other=0.0)
-        hk = tl.maximum(hk, 0.0, propagate_nan=tl.PropagateNan.ALL)
-        w2 = tl.load(w2_ptr + (k * C + rc[None, :]) * J + rj[:, None], mask=wmask, other=0.0)
-        gk = tl.sum(w2 * hk[:, None], axis=0) + tl.load(b2_ptr + k * C + rc, mask=chan_ok, other=0.0)
-        gk = tl.sigmoid(gk)
-        heads = tl.where(rk[:, None] == k, (vk * gk)[None, :], heads)
 
-    if LOG_SOFTMAX:
+@triton.jit
+def fuse_heads_and_classify(heads, b, C, NCLS, num_heads, log_softmax, wfc_ptr, bfc_ptr, logits_ptr, heads_ptr,
+                            BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The family's fusion tail on the K×C head vectors of sample b: log_softmax over heads (when
+    asked), store the heads, sum them, classifier. Shared with MACA-Net's fusion."""
+    rk = tl.arange(0, BLOCK_K)
+    rc = tl.arange(0, BLOCK_C)
+    head_ok = rk[:, None] < num_heads
+    chan_ok = rc < C
+    if log_softmax:  # a runtime flag: one configuration with and without
         masked = tl.where(head_ok, heads, float("-inf"))
         top = tl.max(masked, axis=0)
         lse = top + tl.log(tl.sum(tl.exp(masked - top[None, :]), axis=0))
         heads = heads - lse[None, :]
     heads = tl.where(head_ok, heads, 0.0)
-    tl.store(heads_ptr + (b * NUM_HEADS + rk[:, None]) * C + rc[None, :],
+    tl.store(heads_ptr + (b * num_heads + rk[:, None]) * C + rc[None, :],
              heads.to(heads_ptr.dtype.element_ty), mask=head_ok & chan_ok[None, :])
-
     pooled = tl.sum(heads, axis=0)
-    rn = tl.arange(0, BLOCK_N)
-    wfc = tl.load(wfc_ptr + rn[:, None] * C + rc[None, :], mask=(rn[:, None] < NCLS) & chan_ok[None, :], other=0.0)
-    logits = tl.sum(wfc * pooled[None, :], axis=1) + tl.load(bfc_ptr + rn, mask=rn < NCLS, other=0.0)
-    tl.store(logits_ptr + b * NCLS + rn, logits.to(logits_ptr.dtype.element_ty), mask=rn < NCLS)
+    for n0 in range(0, NCLS, BLOCK_N):  # classes in tiles: any number of classes, one configuration
+        rn = n0 + tl.arange(0, BLOCK_N)
+        wfc = tl.load(wfc_ptr + rn[:, None] * C + rc[None, :], mask=(rn[:, None] < NCLS) & chan_ok[None, :],
+                      other=0.0)
+        logits = tl.sum(wfc * pooled[None, :], axis=1) + tl.load(bfc_ptr + rn, mask=rn < NCLS, other=0.0)
+        tl.store(logits_ptr + b * NCLS + rn, logits.to(logits_ptr.dtype.element_ty), mask=rn < NCLS)
+
+
+@triton.jit
+def squeeze_excite_gate(v, w1_ptr, b1_ptr, w2_ptr, b2_ptr, k, C, J,
+                        BLOCK_C: tl.constexpr, BLOCK_J: tl.constexpr):
+    """σ(W2_k · ReLU(W1_k · v + b1_k) + b2_k) for one vector v of C channels; the hidden layer in
+    tiles of BLOCK_J (ReLU is elementwise, so each tile's share of W2·h adds up exactly)."""
+    rc = tl.arange(0, BLOCK_C)
+    chan_ok = rc < C
+    g = tl.load(b2_ptr + k * C + rc, mask=chan_ok, other=0.0)
+    for j0 in range(0, J, BLOCK_J):
+        rj = j0 + tl.arange(0, BLOCK_J)
+        wmask = (rj[:, None] < J) & chan_ok[None, :]
+        w1 = tl.load(w1_ptr + (k * J + rj[:, None]) * C + rc[None, :], mask=wmask, other=0.0)
+        h = tl.sum(w1 * v[None, :], axis=1) + tl.load(b1_ptr + k * J + rj, mask=rj < J, other=0.0)
+        h = tl.maximum(h, 0.0, propagate_nan=tl.PropagateNan.ALL)
+        w2 = tl.load(w2_ptr + (k * C + rc[None, :]) * J + rj[:, None], mask=wmask, other=0.0)
+        g += tl.sum(w2 * h[:, None], axis=0)
+    return tl.sigmoid(g)
+
+
+@triton.jit
+def _head_fusion_kernel(
+    x_ptr, map_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, wfc_ptr, bfc_ptr, logits_ptr, heads_ptr,
+    C, HW, W, J, NCLS, num_heads, log_softmax,
+    sxb, sxc, sxh, sxw,
+    BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_J: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+):
+    b = tl.program_id(0)
+    rk = tl.arange(0, BLOCK_K)
+    v, _ = pool_by_maps(x_ptr, map_ptr, b, C, HW, W, num_heads, sxb, sxc, sxh, sxw,
+                        BLOCK_K, BLOCK_C, BLOCK_P, PRECISION)
+    heads = tl.zeros((BLOCK_K, BLOCK_C), dtype=tl.float32)
+    for k in range(num_heads):  # a runtime loop: one configuration serves any number of heads
+        vk = tl.sum(tl.where(rk[:, None] == k, v, 0.0), axis=0)
+        gk = squeeze_excite_gate(vk, w1_ptr, b1_ptr, w2_ptr, b2_ptr, k, C, J, BLOCK_C, BLOCK_J)
+        heads = tl.where(rk[:, None] == k, (vk * gk)[None, :], heads)
+    fuse_heads_and_classify(heads, b, C, NCLS, num_heads, log_softmax, wfc_ptr, bfc_ptr, logits_ptr, heads_ptr,
+                            BLOCK_K, BLOCK_C, BLOCK_N)
 
 
 BLOCK_C_MAX = 1024  # every channel of a sample stays in registers between the pooling and the MLP
+MAX_HEADS = 16  # tl.dot needs at least 16 rows, so the head axis is one 16-row tile
+# the launcher's whole config table: BLOCK_C is the channel count's power of two (at least 64),
+# everything else is fixed or a runtime argument, so the AOT list is dtype × precision × BLOCK_C
+CONFIG = dict(BLOCK_K=MAX_HEADS, BLOCK_P=16, BLOCK_J=32, BLOCK_N=16, num_warps=8)
 
 
 def _check(x, maps, w1, b1, w2, b2, wfc, bfc, reference=False):
@@ -94,34 +131,39 @@ def _check(x, maps, w1, b1, w2, b2, wfc, bfc, reference=False):
     return B, C, H, W, K, J, N
 
 
-def head_fusion_triton(x, maps, w1, b1, w2, b2, wfc, bfc, log_softmax: bool, allow_tf32: bool = False,
-                       out=None):
+def head_fusion_triton(x: Tensor, maps: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, wfc: Tensor,
+                       bfc: Tensor, log_softmax: bool, allow_tf32: bool = False, out=None) -> tuple[Tensor, Tensor]:
     """x: B×C×H×W (any strides), maps: B×K×H×W float32, SE weights w1 K×J×C, b1 K×J, w2 K×C×J,
     b2 K×C, classifier wfc N×C, bfc N (all float32). Returns (logits B×N, heads B×K×C) in x's
     dtype, written into `out` = (logits, heads) if given."""
     B, C, H, W, K, J, N = _check(x, maps, w1, b1, w2, b2, wfc, bfc)
-    if C > BLOCK_C_MAX:
-        raise ValueError(f"head_fusion: at most {BLOCK_C_MAX} channels in one pass, got {C}")
+    if C > BLOCK_C_MAX or K > MAX_HEADS:
+        raise ValueError(f"head_fusion: at most {BLOCK_C_MAX} channels and {MAX_HEADS} heads in one pass, "
+                         f"got {C} channels and {K} heads")
     maps, w1, b1, w2, b2, wfc, bfc = (t.contiguous() for t in (maps, w1, b1, w2, b2, wfc, bfc))
-    if out is None:
-        logits = torch.empty((B, N), device=x.device, dtype=x.dtype)
-        heads = torch.empty((B, K, C), device=x.device, dtype=x.dtype)
-    else:
-        logits, heads = out
-        for name, t, shape in (("logits", logits, (B, N)), ("heads", heads, (B, K, C))):
-            if tuple(t.shape) != shape or t.dtype != x.dtype or not t.is_contiguous() or t.device != x.device:
-                raise ValueError(f"out {name}: expected a contiguous {x.dtype} tensor of shape {shape}, "
-                                 f"got {t.dtype} {tuple(t.shape)}")
-    _head_fusion_kernel[(B,)](
-        x, maps, w1, b1, w2, b2, wfc, bfc, logits, heads,
-        C, H * W, W, J, N, 1.0 / (H * W), *x.stride(),
-        NUM_HEADS=K, LOG_SOFTMAX=bool(log_softmax),
-        BLOCK_K=max(16, triton.next_power_of_2(K)),  # tl.dot needs at least 16 rows
-        BLOCK_C=triton.next_power_of_2(C), BLOCK_P=16,
-        BLOCK_J=triton.next_power_of_2(J), BLOCK_N=max(8, triton.next_power_of_2(N)),
-        PRECISION=dot_precision(torch.float32, allow_tf32), num_warps=8,
-    )
+    logits, heads = outputs(out, ((B, N), (B, K, C)), x)
+    launch(_head_fusion_kernel, (B,),
+           x, maps, w1, b1, w2, b2, wfc, bfc, logits, heads,
+           C, H * W, W, J, N, K, int(bool(log_softmax)), *x.stride(),
+           BLOCK_C=channel_block(C),
+           PRECISION=dot_precision(torch.float32, allow_tf32), **CONFIG)
     return logits, heads
+
+
+def channel_block(C: int) -> int:
+    """Every channel of a sample in one register tile: the count's power of two, at least 64."""
+    return max(64, triton.next_power_of_2(C))
+
+
+def outputs(out, shapes, x):
+    """Output tensors in x's dtype: new ones, or the caller's `out` after checking them."""
+    if out is None:
+        return tuple(torch.empty(s, device=x.device, dtype=x.dtype) for s in shapes)
+    for i, (t, shape) in enumerate(zip(out, shapes)):
+        if tuple(t.shape) != shape or t.dtype != x.dtype or not t.is_contiguous() or t.device != x.device:
+            raise ValueError(f"out[{i}]: expected a contiguous {x.dtype} tensor of shape {shape} on {x.device}, "
+                             f"got {t.dtype} {tuple(t.shape)} on {t.device}")
+    return tuple(out)
 
 
 def head_fusion_reference(x, maps, w1, b1, w2, b2, wfc, bfc, log_softmax: bool):
@@ -139,22 +181,38 @@ def head_fusion_reference(x, maps, w1, b1, w2, b2, wfc, bfc, log_softmax: bool):
     return logits.to(x.dtype), heads.to(x.dtype)
 
 
-_PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
+def _flops(x, maps, w1, b1, w2, b2, wfc, bfc, log_softmax):
+    """Pooling by the maps (K·C·HW), the squeeze-excite MLP (2·K·J·C), the classifier (N·C)."""
+    B, C, H, W = x
+    K, J = w1[:2]
+    return B * (K * C * H * W + 2 * K * J * C + wfc[0] * C)
 
 
-def aot_configurations():
-    """The configurations the engine launches for DAN-style heads (512 channels, 32 hidden,
-    5 to 8 classes, 1 to 8 heads), per activation dtype, for ahead-of-time compilation."""
+def _args(B, K, C, J, N, H, W, dtype=torch.float32, device="cpu", gen=None):
+    def t(*shape, dt=torch.float32, scale=1.0):
+        if gen is None:
+            return torch.empty(shape, device=device, dtype=dt)
+        return (scale * torch.randn(*shape, generator=gen)).to(device, dt)
+    maps = t(B, K, H, W).abs() * 10 if gen is not None else t(B, K, H, W)  # ReLU'd sums: non-negative
+    return (t(B, C, H, W, dt=dtype), maps, t(K, J, C, scale=C ** -0.5), t(K, J, scale=0.1),
+            t(K, C, J, scale=J ** -0.5), t(K, C, scale=0.1), t(N, C, scale=C ** -0.5), t(N), K > 1)
+
+
+def _domain():
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
-        a = _PTR[dtype]
-        sig = {"x_ptr": a, **{n: "*fp32" for n in ("map_ptr", "w1_ptr", "b1_ptr", "w2_ptr", "b2_ptr",
-                                                   "wfc_ptr", "bfc_ptr")},
-               "logits_ptr": a, "heads_ptr": a,
-               **{n: "i32" for n in ("C", "HW", "W", "J", "NCLS")}, "inv_hw": "fp32",
-               **{n: "i32" for n in ("sxb", "sxc", "sxh", "sxw")},
-               **{n: "constexpr" for n in ("NUM_HEADS", "LOG_SOFTMAX", "BLOCK_K", "BLOCK_C", "BLOCK_P",
-                                           "BLOCK_J", "BLOCK_N", "PRECISION")}}
-        for heads in (1, 2, 4, 8):
-            constexprs = {"NUM_HEADS": heads, "LOG_SOFTMAX": heads > 1, "BLOCK_K": 16, "BLOCK_C": 512,
-                          "BLOCK_P": 16, "BLOCK_J": 32, "BLOCK_N": 8, "PRECISION": "ieee"}
-            yield "head_fusion", _head_fusion_kernel, sig, constexprs, {"num_warps": 8}
+        for allow_tf32 in ((False, True) if dtype == torch.float32 else (False,)):
+            for C in (64, 128, 256, 512, 1024):  # every BLOCK_C channel_block picks
+                yield _args(2, 4, C, C // 16, 7, 7, 7, dtype, "meta"), allow_tf32
+
+
+def _examples(gen):
+    x = torch.randn(3, 96, 9, 7, generator=gen)
+    a = _args(3, 3, 96, 12, 5, 9, 7, gen=gen)
+    return [("batch1", _args(1, 4, 512, 32, 7, 7, 7, gen=gen)),
+            ("odd-one-head-40-classes", _args(2, 1, 72, 40, 40, 5, 3, gen=gen)),
+            ("channels_last", (x.to(memory_format=torch.channels_last), *a[1:])),
+            ("sliced", (torch.randn(3, 192, 9, 7, generator=gen)[:, ::2], *a[1:]))]
+
+
+dan_head_fusion = declare("dan_head_fusion", triton=head_fusion_triton, reference=head_fusion_reference,
+                          flops=_flops, domain=_domain, examples=_examples)

@@ -9,12 +9,16 @@ Kernel 1 computes all K heads' 1×1 convs as one GEMM (pixels × C) @ (C × K·R
 Kernel 2 is an implicit GEMM per head over (pixels × 9·R) @ (9·R × O) whose epilogue adds the
 bias, applies ReLU and sums over O in registers, writing only the K×H×W maps.
 """
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+from torch import Tensor
 
 from .compat import check_input, dot_precision
+from .registry import declare, launch
 
 
 @triton.jit
@@ -110,6 +114,7 @@ CONFIGS = {
 
 
 def _config(kernel: str, x: torch.Tensor) -> dict:
+    # CPU tensors run under the interpreter; CUDA (and the meta tensors of `_domain`) use the GPU table
     return dict(CONFIGS[kernel]["interpret" if x.device.type == "cpu" else x.dtype])
 
 
@@ -153,8 +158,9 @@ def _output(out, shape, device):
     return out
 
 
-def spatial_attention_map_triton(x, w1, b1, w3, b3, gate_w=None, gate_b=None, allow_tf32: bool = False,
-                                 out=None) -> torch.Tensor:
+def spatial_attention_map_triton(x: Tensor, w1: Tensor, b1: Tensor, w3: Tensor, b3: Tensor,
+                                 gate_w: Optional[Tensor] = None, gate_b: Optional[Tensor] = None,
+                                 allow_tf32: bool = False, out=None) -> Tensor:
     """Launch the two kernels. x: B×C×H×W (any strides); w1: K·R×C; b1: K·R (fp32);
     w3: K×O×R×3×3 (any strides: the engine stores it tap-major for coalesced loads);
     b3: K×O (fp32); optional gate gate_w: K×O, gate_b: K (fp32). Returns the float32 maps,
@@ -169,17 +175,17 @@ def spatial_attention_map_triton(x, w1, b1, w3, b3, gate_w=None, gate_b=None, al
     y0 = torch.empty((M, K * R), device=x.device, dtype=x.dtype)
     cfg = _config("reduce_1x1", x)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(K * R, cfg["BLOCK_N"]))
-    _reduce_1x1_kernel[grid](
-        x, w1, b1, y0, M, K * R, C, HW, W,
-        *x.stride(), w1.stride(0), w1.stride(1), PRECISION=precision, **cfg)
+    launch(_reduce_1x1_kernel, grid,
+           x, w1, b1, y0, M, K * R, C, HW, W,
+           *x.stride(), w1.stride(0), w1.stride(1), PRECISION=precision, **cfg)
     maps = _output(out, (B, K, H, W), x.device)
     cfg = _config("merged_3x3_map", x)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]), K)
-    _merged_3x3_map_kernel[grid](
-        y0, w3, b3, maps, gate_w if gate else b3, gate_b if gate else b3,  # unread without GATE
-        M, HW, H, W, R, O, K * R, K,
-        w3.stride(0), w3.stride(1), w3.stride(2), w3.stride(3), w3.stride(4),
-        PRECISION=precision, GATE=gate, **cfg)
+    launch(_merged_3x3_map_kernel, grid,
+           y0, w3, b3, maps, gate_w if gate else b3, gate_b if gate else b3,  # unread without GATE
+           M, HW, H, W, R, O, K * R, K,
+           w3.stride(0), w3.stride(1), w3.stride(2), w3.stride(3), w3.stride(4),
+           PRECISION=precision, GATE=gate, **cfg)
     return maps
 
 
@@ -198,31 +204,47 @@ def spatial_attention_map_reference(x, w1, b1, w3, b3, gate_w=None, gate_b=None)
     return torch.sigmoid(torch.einsum("bkohw,ko->bkhw", z, gate_w.to(out_dtype)) + gate_b.to(out_dtype).view(1, K, 1, 1))
 
 
-_PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
+def _flops(x, w1, b1, w3, b3, gate_w, gate_b):
+    """The 1×1 GEMM of all heads, the merged 3×3 implicit GEMM and the gate's weighted sum."""
+    B, C, H, W = x
+    K, O, R = w3[:3]
+    return B * H * W * (w1[0] * C + K * O * R * 9 + (K * O if gate_w is not None else 0))
 
 
-def aot_configurations():
-    """Every configuration the launcher can pick on a GPU, for ahead-of-time compilation:
-    (kernel, fn, signature, constexprs, options)."""
+def _weights(K, C, R, O, dtype=torch.float32, device="cpu", gen=None, gate=False):
+    def t(*shape, dt=dtype):
+        return torch.randn(*shape, generator=gen, dtype=torch.float32).to(device, dt) if gen is not None \
+            else torch.empty(shape, device=device, dtype=dt)
+    w = (t(K * R, C), t(K * R, dt=torch.float32), t(K, O, R, 3, 3), t(K, O, dt=torch.float32))
+    return w + ((t(K, O, dt=torch.float32), t(K, dt=torch.float32)) if gate else ())
+
+
+def _domain():
+    """Block sizes depend on the activation dtype only; the flags are TF32 and the gate."""
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
-        cfg = dict(CONFIGS["reduce_1x1"][dtype])
-        options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
         for allow_tf32 in ((False, True) if dtype == torch.float32 else (False,)):
-            precision = dot_precision(dtype, allow_tf32)
-            a = _PTR[dtype]
-            sig = {"x_ptr": a, "w_ptr": a, "b_ptr": "*fp32", "y_ptr": a,
-                   **{n: "i32" for n in ("M", "N", "C", "HW", "W", "sxb", "sxc", "sxh", "sxw", "swn", "swc")},
-                   **{n: "constexpr" for n in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "PRECISION")}}
-            yield "reduce_1x1", _reduce_1x1_kernel, sig, {**cfg, "PRECISION": precision}, options
-        cfg = dict(CONFIGS["merged_3x3_map"][dtype])
-        options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
-        for allow_tf32 in ((False, True) if dtype == torch.float32 else (False,)):
-            precision = dot_precision(dtype, allow_tf32)
-            a = _PTR[dtype]
-            sig = {"y_ptr": a, "w_ptr": a, "b_ptr": "*fp32", "map_ptr": "*fp32", "gw_ptr": "*fp32", "gb_ptr": "*fp32",
-                   **{n: "i32" for n in ("M", "HW", "H", "W", "R", "O", "KR", "num_heads",
-                                         "swk", "swo", "swr", "swy", "swx")},
-                   **{n: "constexpr" for n in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "PRECISION", "GATE")}}
             for gate in (False, True):
-                yield ("merged_3x3_map", _merged_3x3_map_kernel, sig, {**cfg, "PRECISION": precision, "GATE": gate},
-                       options)
+                x = torch.empty((2, 512, 14, 14), device="meta", dtype=dtype)
+                yield (x, *_weights(4, 512, 256, 512, dtype, "meta", gate=gate)), allow_tf32
+
+
+def _examples(gen):
+    x = torch.randn(3, 40, 9, 11, generator=gen)
+    return [
+        ("batch1-odd", (torch.randn(1, 24, 7, 5, generator=gen), *_weights(2, 24, 8, 24, gen=gen))),
+        ("channels_last-gate", (x.to(memory_format=torch.channels_last), *_weights(3, 40, 16, 40, gen=gen, gate=True))),
+        ("sliced", (x[:, :, 1:8, ::2], *_weights(1, 40, 16, 40, gen=gen))),
+    ]
+
+
+def _tap_major(w3):
+    """K×O×R×3×3 stored as K×3×3×R×O (strides permuted back): a tile of output channels is one
+    coalesced load in the 3×3 kernel."""
+    return w3.permute(0, 3, 4, 2, 1).contiguous().permute(0, 4, 3, 1, 2)
+
+
+spatial_attention_map = declare(
+    "spatial_attention_map", triton=spatial_attention_map_triton, reference=spatial_attention_map_reference,
+    flops=_flops, domain=_domain, examples=_examples, packed={"w3": _tap_major},
+    fake=lambda x, w1, b1, w3, b3, gate_w=None, gate_b=None: x.new_empty(
+        (x.shape[0], w3.shape[0], x.shape[2], x.shape[3]), dtype=torch.float32))

@@ -11,8 +11,7 @@ of pooling, channel attention, head fusion and classifier (kernels/head_fusion.p
 import torch
 import torch.nn as nn
 
-from ...kernels import ops
-from ...kernels.head_fusion import head_fusion_reference, head_fusion_triton
+from ...kernels.head_fusion import dan_head_fusion
 from ..fused import FusedUnit, original_forward
 from . import Skip, is_claimed
 from .spatial_unit import (BRANCHES, classifier_reason, fold_classifier, fold_se_mlps, fold_spatial_units,
@@ -71,13 +70,8 @@ class FusedDANHeads(FusedUnit):
     def forward(self, x):
         """x: the trunk's B×C×H×W map. Returns (logits, heads) in x's dtype."""
         f, xc, maps = self.maps(x)
-        args = (xc, maps, f["a1"], f["c1"], f["a2"], f["c2"], f["wfc"], f["bfc"], self.num_heads > 1)
-        if self.decomposed or (self.backend == "torch" and ops.torch_reference_directly(x)):
-            logits, heads = head_fusion_reference(*args)
-        elif self.backend == "triton" and x.device.type == "cpu":  # the interpreter
-            logits, heads = head_fusion_triton(*args, allow_tf32=self.allow_tf32)
-        else:  # CPU: the torch reference, CUDA: the Triton kernel
-            logits, heads = ops.dan_head_fusion(*args, allow_tf32=self.allow_tf32)
+        logits, heads = self.call(dan_head_fusion, xc, maps, f["a1"], f["c1"], f["a2"], f["c2"], f["wfc"], f["bfc"],
+                                  self.num_heads > 1)
         return logits.to(x.dtype), heads.to(x.dtype)
 
     def reference(self, modules, x):

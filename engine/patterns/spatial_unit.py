@@ -5,9 +5,7 @@ each backend live here once; the head patterns add what follows the map."""
 import torch
 import torch.nn as nn
 
-from ...kernels import ops
-from ...kernels.compat import triton_runs_on
-from ...kernels.spatial_attention import spatial_attention_map_reference, spatial_attention_map_triton
+from ...kernels.spatial_attention import spatial_attention_map
 from ..algebra import fold_batchnorm, layer_bias, merge_asymmetric_kernels
 from ..executors import ConvRunner
 
@@ -59,7 +57,8 @@ def se_mlp_reason(att, channels: int, name: str) -> str | None:
 def fold_spatial_units(sas, device, dtype, backend: str) -> dict:
     """K spatial units → one 1×1 (K·R×C) and K merged 3×3 kernels (K×O×R×3×3), BN folded:
     `w1`, `b1`, `w3`, `b3` for the fused op; on the CPU torch backend also `runners`, the same
-    weights as two folded convs (one 1×1, one grouped 3×3 + ReLU) for the oneDNN executors."""
+    weights as two folded convs (one 1×1, one grouped 3×3 + ReLU) for the oneDNN executors
+    (None elsewhere)."""
     w1, b1, w3, b3 = [], [], [], []
     for sa in sas:
         w, b = fold_batchnorm(sa.conv1x1[0].weight, sa.conv1x1[0].bias, sa.conv1x1[1])
@@ -73,22 +72,20 @@ def fold_spatial_units(sas, device, dtype, backend: str) -> dict:
     w1, b1, w3, b3 = torch.cat(w1), torch.cat(b1), torch.stack(w3), torch.stack(b3)
     K, O, R = w3.shape[:3]
     f32 = torch.float32
-    runners = {}
+    runners = None  # only the CPU torch backend runs the oneDNN executors
     if backend == "torch" and device.type == "cpu" and dtype == f32:
-        runners = {"runners": (ConvRunner(w1.view(K * R, -1, 1, 1).to(device, f32), b1.to(device, f32)),
+        runners = (ConvRunner(w1.view(K * R, -1, 1, 1).to(device, f32), b1.to(device, f32)),
                                ConvRunner(w3.reshape(K * O, R, 3, 3).to(device, f32), b3.view(-1).to(device, f32),
-                                          padding=(1, 1), groups=K))}
-    if backend == "triton":
-        # tap-major storage (K×3×3×R×O) so a tile of output channels is one coalesced load
-        w3 = w3.permute(0, 3, 4, 2, 1).contiguous().permute(0, 4, 3, 1, 2)
+                                          padding=(1, 1), groups=K))
+    w3 = spatial_attention_map.pack(backend, "w3", w3)
     return {"w1": w1.to(device, dtype), "b1": b1.to(device, f32), "w3": w3.to(device, dtype), "b3": b3.to(device, f32),
-            **runners}
+            "runners": runners}
 
 
 def spatial_maps(unit, f: dict, x: torch.Tensor, gate_w=None, gate_b=None) -> torch.Tensor:
     """The K float32 maps (B×K×H×W) on the unit's backend; `f` from fold_spatial_units."""
     executor = unit.conv_executor()
-    if executor != "aten" and "runners" in f:  # oneDNN executors (CPU): spatial_attention_map_reference's math
+    if executor != "aten" and f["runners"] is not None:  # oneDNN executors (CPU): spatial_attention_map_reference's math
         B, _, H, W = x.shape
         conv1x1, conv3x3 = f["runners"]
         z = conv3x3.run(conv1x1.run(x, executor=executor), act="relu", executor=executor).view(
@@ -96,15 +93,7 @@ def spatial_maps(unit, f: dict, x: torch.Tensor, gate_w=None, gate_b=None) -> to
         if gate_w is None:
             return z.sum(2, dtype=torch.float32)
         return torch.sigmoid(torch.einsum("bkohw,ko->bkhw", z, gate_w) + gate_b.view(1, -1, 1, 1))
-    args = (x, f["w1"], f["b1"], f["w3"], f["b3"], gate_w, gate_b)
-    if unit.decomposed or (unit.backend == "torch" and ops.torch_reference_directly(x)):
-        return spatial_attention_map_reference(*args)
-    if unit.backend == "triton" and not triton_runs_on(x.device):
-        raise RuntimeError(f"the triton backend cannot run on {x.device} tensors here "
-                           "(CUDA tensors, or CPU tensors under TRITON_INTERPRET=1)")
-    if unit.backend == "triton" and x.device.type == "cpu":  # the interpreter: call the launcher directly
-        return spatial_attention_map_triton(*args, allow_tf32=unit.allow_tf32)
-    return ops.spatial_attention_map(*args, allow_tf32=unit.allow_tf32)  # CPU: reference, CUDA: Triton
+    return unit.call(spatial_attention_map, x, f["w1"], f["b1"], f["w3"], f["b3"], gate_w, gate_b)
 
 
 def fold_se_mlps(atts, device) -> dict:
