@@ -20,8 +20,12 @@ def configurations():
     """Every kernel configuration the declared ops' launchers pick over their domains."""
     from .registry import ops
 
-    for op in ops():
-        yield from op.configurations()
+    seen = set()
+    for op in ops():  # an op that launches another's kernel (CBAM's channel attention) lists it too
+        for launch in op.configurations():
+            if launch.key() not in seen:
+                seen.add(launch.key())
+                yield launch
 
 
 def kernel_name(launch) -> str:
