@@ -39,7 +39,6 @@ class FusedUnit:
     `reference` and `install`."""
 
     pattern = "fused"
-    torch_only = False  # True where the unit has no Triton kernel: it runs torch ops on every backend
 
     def __init__(self, covered: dict[str, nn.Module], *, backend: str, dtype: torch.dtype, allow_tf32: bool = False,
                  executor: str = "aten"):

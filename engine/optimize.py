@@ -176,8 +176,6 @@ def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32"
                 claimed.update(item.names())
     for unit in units:
         unit.install(model)
-        if unit.torch_only and backend == "triton":
-            rep.notes.append(f"{unit.pattern} ({', '.join(unit.names())}): no Triton kernel yet, runs as torch ops")
     kept: list[str] = []  # attention left on PyTorch, noted once (not again for a layer's own self_attn)
     for name, module in model.named_modules():
         if isinstance(module, (nn.TransformerEncoderLayer, nn.MultiheadAttention)) and name and \

@@ -2,8 +2,8 @@
 
     ca    = σ(MLP(GAP(x)) + MLP(GMP(x)))                the squeeze_excite op, pool="avg,max"
     stats = [mean_c(x ⊙ ca), max_c(x ⊙ ca)]             one program per (sample, pixel tile)
-    sa    = σ(conv_k×k(stats) + b)                       recomputed where it is applied
-    out   = x ⊙ ca ⊗ sa                                  one program per (sample, pixel tile, channel tile)
+    sa    = σ(conv_k×k(stats) + b)                       computed where it is applied:
+    out   = x ⊙ ca ⊗ sa                                  one program per (sample, pixel tile)
 The k×k conv needs its neighbours' channel statistics, so the stats are the one intermediate
 written (2 floats a pixel).
 """
@@ -48,13 +48,12 @@ def _spatial_gate_kernel(x_ptr, ca_ptr, stats_ptr, sw_ptr, sb_ptr, out_ptr, C, H
                          BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     b = tl.program_id(0)
     rp = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
-    rc = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     p_ok = rp < HW
     h = rp // W
     w = rp % W
     pad = KS // 2
     acc = tl.zeros((BLOCK_P,), dtype=tl.float32)
-    for tap in range(KS * KS):  # same-padded k×k conv over the two statistics maps
+    for tap in range(KS * KS):  # same-padded k×k conv over the two statistics maps, once per pixel tile
         hh = h + tap // KS - pad
         ww = w + tap % KS - pad
         inside = p_ok & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
@@ -64,13 +63,15 @@ def _spatial_gate_kernel(x_ptr, ca_ptr, stats_ptr, sw_ptr, sb_ptr, out_ptr, C, H
     if has_bias:
         acc += tl.load(sb_ptr)
     sa = tl.sigmoid(acc)
-    ok = (rc[:, None] < C) & p_ok[None, :]
-    xt = tl.load(x_ptr + b * sxb + rc[:, None] * sxc + h[None, :] * sxh + w[None, :] * sxw,
-                 mask=ok, other=0.0).to(tl.float32)
-    ca = tl.load(ca_ptr + b * C + rc, mask=rc < C, other=0.0)
-    out = xt * ca[:, None] * sa[None, :]
-    tl.store(out_ptr + b * sob + rc[:, None] * soc + h[None, :] * soh + w[None, :] * sow,
-             out.to(out_ptr.dtype.element_ty), mask=ok)
+    for c0 in range(0, C, BLOCK_C):
+        rc = c0 + tl.arange(0, BLOCK_C)
+        ok = (rc[:, None] < C) & p_ok[None, :]
+        xt = tl.load(x_ptr + b * sxb + rc[:, None] * sxc + h[None, :] * sxh + w[None, :] * sxw,
+                     mask=ok, other=0.0).to(tl.float32)
+        ca = tl.load(ca_ptr + b * C + rc, mask=rc < C, other=0.0)
+        out = xt * ca[:, None] * sa[None, :]
+        tl.store(out_ptr + b * sob + rc[:, None] * soc + h[None, :] * soh + w[None, :] * sow,
+                 out.to(out_ptr.dtype.element_ty), mask=ok)
 
 
 def _check(x, w1, b1, w2, b2, spatial_w, spatial_b, reference=False):
@@ -100,7 +101,7 @@ def cbam_triton(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, spati
     launch(_channel_stats_kernel, grid, x, ca, stats, C, H * W, W, *x.stride(), **CONFIG)
     out = torch.empty_like(x)  # x's layout where x is dense: channels_last stays channels_last
     sw = spatial_w.contiguous()
-    launch(_spatial_gate_kernel, grid + (triton.cdiv(C, CONFIG["BLOCK_C"]),),
+    launch(_spatial_gate_kernel, grid,
            x, ca, stats, sw, spatial_b if spatial_b is not None else sw, out, C, H * W, H, W, ks,
            int(spatial_b is not None), *x.stride(), *out.stride(), **CONFIG)
     return out

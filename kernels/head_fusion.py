@@ -15,6 +15,7 @@ from torch import Tensor
 
 from .compat import check_input, dot_precision
 from .registry import declare, launch
+from .squeeze_excite import mlp
 
 
 @triton.jit
@@ -172,9 +173,7 @@ def head_fusion_reference(x, maps, w1, b1, w2, b2, wfc, bfc, log_softmax: bool):
     B, C, H, W, K, J, N = _check(x, maps, w1, b1, w2, b2, wfc, bfc, reference=True)
     xf = x.to(maps.dtype).reshape(B, C, H * W)
     v = torch.bmm(maps.reshape(B, K, H * W), xf.transpose(1, 2)) / (H * W)  # B×K×C
-    hidden = torch.relu(torch.einsum("bkc,kjc->bkj", v, w1) + b1)
-    gate = torch.sigmoid(torch.einsum("bkj,kcj->bkc", hidden, w2) + b2)
-    heads = v * gate
+    heads = v * torch.sigmoid(mlp(v, w1, b1, w2, b2))
     if log_softmax:
         heads = torch.log_softmax(heads, dim=1)
     logits = torch.addmm(bfc, heads.sum(1), wfc.t())

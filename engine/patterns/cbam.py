@@ -1,15 +1,12 @@
 """CBAM (channel attention, then spatial attention), found by structure: a module with `mlp` =
-Sequential(Conv2d(C, C/r, 1), ReLU, Conv2d(C/r, C, 1)) and `spatial` = Conv2d(2, 1, k). As few
-passes over x as the algebra allows (eval mode):
-    ca  = σ(MLP(avg) + MLP(max))   the two MLP evaluations batched as one GEMM pair
-    sa  = σ(conv_k([mean_c(x ⊙ ca), max_c(x ⊙ ca)]))
-          mean_c(x ⊙ ca) = (ca/C)ᵀ·x, a matrix-vector product per sample, no x ⊙ ca needed for it
-    out = x ⊙ ca ⊗ sa              one product with the rank-1 scale ca ⊗ sa
-Torch ops on both backends (no Triton kernel for CBAM yet: the report says so)."""
+Sequential(Conv2d(C, C/r, 1), ReLU, Conv2d(C/r, C, 1)) and `spatial` = Conv2d(2, 1, k) (same
+padding, stride 1). Runs as the `cbam` fused op (kernels/cbam.py): the channel MLP on the average
+and max pools, the channel statistics of x ⊙ ca and the spatial gate, without forming x ⊙ ca."""
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from ...kernels.cbam import cbam
+from ..algebra import layer_bias
 from ..fused import FusedUnit
 from . import Skip, is_claimed
 
@@ -24,45 +21,38 @@ def cbam_reason(m: nn.Module) -> str | None:
             or mlp[0].groups != 1 or mlp[2].groups != 1:
         return "mlp is not a 1×1 bottleneck back to its input channels"
     if not (isinstance(spatial, nn.Conv2d) and spatial.in_channels == 2 and spatial.out_channels == 1
-            and spatial.stride == (1, 1) and spatial.padding == (spatial.kernel_size[0] // 2, spatial.kernel_size[1] // 2)):
-        return "spatial is not a same-padded Conv2d(2, 1, k)"
+            and spatial.kernel_size[0] == spatial.kernel_size[1] and spatial.kernel_size[0] % 2 == 1
+            and spatial.stride == (1, 1) and spatial.dilation == (1, 1) and spatial.padding_mode == "zeros"
+            and spatial.padding == (spatial.kernel_size[0] // 2,) * 2):
+        return "spatial is not a same-padded Conv2d(2, 1, k) with odd square k, stride 1, no dilation"
     return None
 
 
 class FusedCBAM(FusedUnit):
     pattern = "cbam"
-    torch_only = True
 
     def __init__(self, name, module, **kw):
         super().__init__({name: module}, **kw)
         self.module = module
 
     def fold(self, device):
-        mlp = self.module.mlp
+        mlp, spatial = self.module.mlp, self.module.spatial
         f32 = torch.float32
-        out = {"w1": mlp[0].weight.flatten(1).to(device, f32), "w2": mlp[2].weight.flatten(1).to(device, f32),
-               "b1": mlp[0].bias, "b2": mlp[2].bias}
-        return {k: (v.to(device, f32) if v is not None else None) for k, v in out.items()}
+        w1, w2 = mlp[0].weight.flatten(1), mlp[2].weight.flatten(1)
+        return {"w1": w1[None].to(device, f32), "b1": layer_bias(mlp[0])[None].to(device, f32),
+                "w2": w2[None].to(device, f32), "b2": layer_bias(mlp[2])[None].to(device, f32),
+                "spatial_w": spatial.weight.to(device, f32),
+                "spatial_b": None if spatial.bias is None else spatial.bias.to(device, f32)}
 
     def forward(self, x):
         f = self.folded(x.device)
-        B, C, H, W = x.shape
-        xf = x.reshape(B, C, H * W)
-        pooled = torch.cat([xf.mean(2), xf.amax(2)], dim=0)               # 2B×C: avg and max, one GEMM pair
-        hidden = torch.relu(F.linear(pooled, f["w1"], f["b1"]))
-        both = F.linear(hidden, f["w2"], f["b2"])
-        ca = torch.sigmoid(both[:B] + both[B:])                            # B×C
-        mean_c = torch.bmm((ca / C).unsqueeze(1), xf).view(B, 1, H, W)     # mean over channels of x ⊙ ca
-        max_c = (x * ca[:, :, None, None]).amax(dim=1, keepdim=True)
-        sa = torch.sigmoid(self.module.spatial(torch.cat([mean_c, max_c], dim=1)))
-        return x * (ca[:, :, None, None] * sa)
+        return self.call(cbam, x.to(self.dtype), f["w1"], f["b1"], f["w2"], f["b2"], f["spatial_w"], f["spatial_b"])
 
     def reference(self, modules, x):
         return modules[0](x)
 
     def install(self, model):
         self.install_forward(self.module, f"{self.module._get_name()}[fused: cbam]")
-
 
 class CBAMPattern:
     name = "cbam"

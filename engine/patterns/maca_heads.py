@@ -6,15 +6,18 @@ optional `bn`. Per head, exactly (eval mode, by linearity of the 1×1 fusion and
     v_sa   = (1/HW) Σ_p g[p]·x[:, p]                        GAP(x ⊙ g), x ⊙ g never formed
     y      = σ(MLP(GAP(x) + GMP(x)));  v_ca = y ⊙ GAP(x)    GAP(x ⊙ y)
     head   = W_a·v_sa + W_b·v_ca + b                        GAP(Conv1x1([x⊙g, x⊙y])): two GEMMs, no concat
-then log_softmax over heads, sum, fc with the folded bn. The gate maps come from the spatial-map
-kernel's gate epilogue on the triton backend; the pooled algebra after it runs as torch ops.
+then log_softmax over heads, sum, fc with the folded bn. Three fused ops: the gate maps (the
+spatial-map op's gate epilogue), the channel gates (squeeze_excite, pool="avg+max") and the
+fusion on pooled vectors (maca_fusion).
 """
 import torch
 import torch.nn as nn
 
+from ...kernels.maca_fusion import maca_fusion
+from ...kernels.squeeze_excite import squeeze_excite
 from ..algebra import layer_bias
 from .dan_heads import DANHeadsPattern, FusedDANHeads
-from .spatial_unit import se_gates, se_mlp_reason, spatial_unit_reason
+from .spatial_unit import se_mlp_reason, spatial_unit_reason
 
 
 def head_reason(head: nn.Module) -> str | None:
@@ -52,16 +55,10 @@ class FusedMACAHeads(FusedDANHeads):
                 "bf": torch.stack([layer_bias(h.fuse) for h in self.heads]).to(device, f32)}
 
     def forward(self, x):
-        f, xc, gates = self.maps(x, gated=self.gated)  # gates: B×K×H×W
-        B, C, H, W = x.shape
-        xf = xc.float().reshape(B, C, H * W)
-        v_sa = torch.bmm(gates.view(B, self.num_heads, H * W), xf.transpose(1, 2)) / (H * W)
-        gap, gmp = xf.mean(2), xf.amax(2)
-        v_ca = se_gates(f, gap + gmp) * gap[:, None, :]
-        heads = torch.einsum("bkc,koc->bko", v_sa, f["wa"]) + torch.einsum("bkc,koc->bko", v_ca, f["wb"]) + f["bf"]
-        if self.num_heads > 1:
-            heads = torch.log_softmax(heads, dim=1)
-        logits = torch.addmm(f["bfc"], heads.sum(1), f["wfc"].t())
+        f, xc, gates = self.maps(x, gated=self.gated)  # the K gate maps, B×K×H×W
+        ca = self.call(squeeze_excite, xc, f["a1"], f["c1"], f["a2"], f["c2"], "avg+max")  # B×K×C
+        logits, heads = self.call(maca_fusion, xc, gates, ca, f["wa"], f["wb"], f["bf"], f["wfc"], f["bfc"],
+                                  self.num_heads > 1)
         return logits.to(x.dtype), heads.to(x.dtype)
 
 

@@ -4,20 +4,20 @@ conv1 + bn1 + h_swish, conv2/conv3 + sigmoid, squeeze-excite `fc`), `Linear` (a 
 conv + BN) and `fc`. Forward, as upstream: x = ela(features(input)); maps_k = head_k(x);
 logits = fc(flatten(Linear(x · max_k maps_k))); returns (logits, x, [maps_k]).
 
-Exact algebra (eval mode):
-- ELA: both directional means go through the shared Conv1d + GroupNorm in one call (stacked on
-  the batch axis when H = W), then one product x·a_h·a_w.
-- Heads, all K batched: the (1,W)/(H,1) depthwise convs with their BN folded are weighted sums
-  along W and H; conv1 with bn1 folded; GAP(a_h ⊗ a_w) = mean_h(a_h)·mean_w(a_w), so the
-  squeeze-excite never reads a 7×7 map; the maps a_h ⊗ a_w ⊗ s are formed once, for the return
-  value and the max.
-- Fusion: the depthwise H×W conv over x·m with its BN folded is Σ_p k'[c,p]·x[c,p]·m[c,p] + b'[c];
-  then fc. All torch ops on both backends (no Triton kernel for MHAN yet: the report says so).
+Exact algebra (eval mode), as two fused ops:
+- `ela` (kernels/ela.py): both directional means through the shared Conv1d and GroupNorm, sigmoid,
+  one product x·a_h·a_w, one program per (sample, channel group).
+- `mhan_heads` (kernels/mhan_heads.py), all K heads: the (1,W)/(H,1) depthwise convs with their BN
+  folded are weighted sums along W and H; conv1 with bn1 folded; GAP(a_h ⊗ a_w) =
+  mean_h(a_h)·mean_w(a_w), so the squeeze-excite never reads a 7×7 map; the maps a_h ⊗ a_w ⊗ s
+  are formed once, for the return value and the max; the depthwise H×W conv over x·m with its BN
+  folded is Σ_p k'[c,p]·x[c,p]·m[c,p] + b'[c]; then fc.
 """
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from ...kernels.ela import ela as ela_op
+from ...kernels.mhan_heads import NAMES as MHAN_HEADS_ARGS, mhan_heads
 from ..algebra import fold_batchnorm, layer_bias
 from ..fused import FusedUnit, original_forward
 from . import Skip, is_claimed
@@ -65,20 +65,16 @@ def head_reason(head: nn.Module) -> str | None:
 def ela_reason(ela) -> str | None:
     con1, gn = getattr(ela, "con1", None), getattr(ela, "GN", None)
     if not (isinstance(con1, nn.Conv1d) and con1.groups == con1.in_channels == con1.out_channels
-            and con1.stride == (1,) and con1.padding == (con1.kernel_size[0] // 2,) and con1.bias is None):
-        return "ela.con1 is not a same-padded depthwise Conv1d without bias"
+            and con1.stride == (1,) and con1.kernel_size[0] % 2 == 1 and con1.padding == (con1.kernel_size[0] // 2,)
+            and con1.dilation == (1,) and con1.padding_mode == "zeros" and con1.bias is None):
+        return "ela.con1 is not a same-padded depthwise Conv1d (odd kernel, no bias)"
     if type(gn) is not nn.GroupNorm or gn.num_channels != con1.in_channels:
         return "ela.GN is not a GroupNorm over con1's channels"
     return None
 
 
-def _h_swish(x):
-    return x * (F.relu6(x + 3) / 6)
-
-
 class FusedMHAN(FusedUnit):
     pattern = "mhan_attention"
-    torch_only = True
 
     def __init__(self, ela, heads: dict, linear, fc, **kw):
         super().__init__({"ela": ela, **heads, "Linear": linear, "fc": fc}, **kw)
@@ -97,7 +93,8 @@ class FusedMHAN(FusedUnit):
             return fold_batchnorm(block.conv.weight, block.conv.bias, block.bn)[i]
 
         kl, bl = fold_batchnorm(self.linear.conv.weight, self.linear.conv.bias, self.linear.bn)
-        return {
+        gn, c = self.ela.GN, self.channels
+        heads = {
             "kh": stack(lambda h: folded(h.Linear_h, 0).flatten(1)), "bh": stack(lambda h: folded(h.Linear_h, 1)),
             "kw": stack(lambda h: folded(h.Linear_w, 0).flatten(1)), "bw": stack(lambda h: folded(h.Linear_w, 1)),
             "w1": stack(lambda h: fold_batchnorm(h.conv1.weight, h.conv1.bias, h.bn1)[0].flatten(1)),
@@ -108,18 +105,10 @@ class FusedMHAN(FusedUnit):
             "kl": kl.flatten(1).to(device, f32), "bl": bl.to(device, f32),
             "wfc": self.fc.weight.to(device, f32), "bfc": layer_bias(self.fc).to(device, f32),
         }
-
-    def attend(self, x):
-        """ELA: x · a_h · a_w with the shared Conv1d and GroupNorm applied to both means at once."""
-        b, c, h, w = x.shape
-        ela = self.ela
-        if h == w:
-            a = torch.sigmoid(ela.GN(ela.con1(torch.cat([x.mean(dim=3), x.mean(dim=2)], dim=0))))
-            a_h, a_w = a[:b], a[b:]
-        else:
-            a_h = torch.sigmoid(ela.GN(ela.con1(x.mean(dim=3))))
-            a_w = torch.sigmoid(ela.GN(ela.con1(x.mean(dim=2))))
-        return x * a_h.unsqueeze(3) * a_w.unsqueeze(2)
+        return {"heads": tuple(heads[n] for n in MHAN_HEADS_ARGS),  # the mhan_heads op's weights, in its order
+                "ela_w": self.ela.con1.weight.flatten(1).to(device, f32),
+                "gn_w": (gn.weight if gn.affine else torch.ones(c)).to(device, f32),
+                "gn_b": (gn.bias if gn.affine else torch.zeros(c)).to(device, f32)}
 
     def forward(self, x):
         """x: the trunk's map. Returns (logits, x after ELA, list of K head maps)."""
@@ -127,20 +116,8 @@ class FusedMHAN(FusedUnit):
             raise ValueError(f"MHAN's heads expect a B×{self.channels}×{self.size[0]}×{self.size[1]} feature map "
                              f"(112×112 images), got shape {tuple(x.shape)}")
         f = self.folded(x.device)
-        x = self.attend(x.to(self.dtype))
-        H, W = self.size
-        x_h = torch.einsum("bchw,kcw->bkch", x, f["kh"]) + f["bh"][:, :, None]
-        x_w = torch.einsum("bchw,kch->bkcw", x, f["kw"]) + f["bw"][:, :, None]
-        y = _h_swish(torch.einsum("bkcl,kmc->bkml", torch.cat([x_h, x_w], dim=3), f["w1"]) + f["b1"][:, :, None])
-        a_h = torch.sigmoid(torch.einsum("bkml,kcm->bkcl", y[..., :H], f["w2"]) + f["b2"][:, :, None])
-        a_w = torch.sigmoid(torch.einsum("bkml,kcm->bkcl", y[..., H:], f["w3"]) + f["b3"][:, :, None])
-        pooled = a_h.mean(3) * a_w.mean(3)             # GAP(a_h ⊗ a_w), separable
-        s = torch.sigmoid(torch.einsum("bkj,kcj->bkc", torch.relu(torch.einsum("bkc,kjc->bkj", pooled, f["s1"])),
-                                       f["s2"]))
-        maps = a_h.unsqueeze(4) * (a_w * s.unsqueeze(3)).unsqueeze(3)  # B×K×C×H×W
-        fused = maps.amax(dim=1)
-        out = torch.einsum("bcp,cp->bc", (x * fused).flatten(2), f["kl"]) + f["bl"]
-        logits = torch.addmm(f["bfc"], out, f["wfc"].t())
+        x = self.call(ela_op, x.to(self.dtype), f["ela_w"], f["gn_w"], f["gn_b"], self.ela.GN.num_groups, self.ela.GN.eps)
+        logits, maps = self.call(mhan_heads, x, *f["heads"])
         return logits, x, list(maps.unbind(1))
 
     def reference(self, modules, x):

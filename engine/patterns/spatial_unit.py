@@ -109,13 +109,6 @@ def fold_se_mlps(atts, device) -> dict:
     return {k: torch.stack(v).to(device, torch.float32) for k, v in (("a1", a1), ("c1", c1), ("a2", a2), ("c2", c2))}
 
 
-def se_gates(f: dict, pooled: torch.Tensor) -> torch.Tensor:
-    """σ(W2·ReLU(W1·p + b1) + b2) per head: pooled B×K×C (or B×C, shared by the heads) → B×K×C."""
-    eq = "bkc,kjc->bkj" if pooled.dim() == 3 else "bc,kjc->bkj"
-    hidden = torch.relu(torch.einsum(eq, pooled, f["a1"]) + f["c1"])
-    return torch.sigmoid(torch.einsum("bkj,kcj->bkc", hidden, f["a2"]) + f["c2"])
-
-
 def fold_classifier(fc: nn.Linear, bn, device) -> dict:
     """fc with the logits' BatchNorm1d folded in (when there is one), float32."""
     w, b = fc.weight.double(), layer_bias(fc)
