@@ -100,7 +100,7 @@ def squeeze_excite_triton(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Ten
     strides = x.stride() if x.dim() == 5 else (x.stride(0), 0, *x.stride()[1:])  # shared: head stride 0
     gates = torch.empty((B, K, C), device=x.device, dtype=torch.float32)
     launch(_squeeze_excite_kernel, (B, K), x, w1, b1, w2, b2, gates, C, H * W, W, J, K, POOLS[pool], *strides,
-           BLOCK_J=max(16, triton.next_power_of_2(J)), **CONFIG)
+           BLOCK_J=max(64, triton.next_power_of_2(J)), **CONFIG)
     return gates
 
 
@@ -144,7 +144,7 @@ def args(B, K, C, J, H, W, pool, dtype=torch.float32, device="cpu", gen=None, pe
 
 def _domain():
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
-        for J in (16, 32, 64, 128, 256):  # every BLOCK_J the launcher picks
+        for J in (64, 128, 256):  # every BLOCK_J the launcher picks
             yield args(2, 1, 512, J, 7, 7, "avg", dtype, "meta"), False
 
 
