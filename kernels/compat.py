@@ -37,3 +37,11 @@ def check_input(name: str, t: torch.Tensor, *, dim: int, device: torch.device | 
         raise TypeError(f"{name}: expected dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
     if device is not None and t.device != device:
         raise ValueError(f"{name}: expected a tensor on {device}, got one on {t.device}")
+
+
+def expect_shapes(expected: dict, tensors: dict, context: str):
+    """Raise a clear error for the first tensor whose shape is not `expected[name]`; `context`
+    says what the shapes follow from (x's shape, the number of heads)."""
+    for name, t in tensors.items():
+        if tuple(t.shape) != expected[name]:
+            raise ValueError(f"{name}: expected shape {expected[name]} {context}, got {tuple(t.shape)}")

@@ -39,6 +39,27 @@ def _directional_convs(base, w_ptr, rc, c_ok, H, W, KS, sxc, sxh, sxw, BLOCK_S: 
 
 
 @triton.jit
+def _group_sums(base, w_ptr, g, CG, H, W, KS, sxc, sxh, sxw, shift_h, shift_w, SQUARE: tl.constexpr,
+                BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Σ (conv - shift) (or its square) over group g's channels and positions, per direction."""
+    rs = tl.arange(0, BLOCK_S)
+    acc_h = tl.zeros((BLOCK_G,), dtype=tl.float32)
+    acc_w = tl.zeros((BLOCK_G,), dtype=tl.float32)
+    for c0 in range(0, CG, BLOCK_G):
+        rg = c0 + tl.arange(0, BLOCK_G)
+        c_ok = rg < CG
+        _, ch, cw = _directional_convs(base, w_ptr, g * CG + rg, c_ok, H, W, KS, sxc, sxh, sxw, BLOCK_S)
+        dh = tl.where(c_ok[:, None] & (rs < H)[None, :], ch - shift_h, 0.0)
+        dw = tl.where(c_ok[:, None] & (rs < W)[None, :], cw - shift_w, 0.0)
+        if SQUARE:
+            dh = dh * dh
+            dw = dw * dw
+        acc_h += tl.sum(dh, axis=1)
+        acc_w += tl.sum(dw, axis=1)
+    return tl.sum(acc_h, axis=0), tl.sum(acc_w, axis=0)
+
+
+@triton.jit
 def _ela_kernel(x_ptr, w_ptr, gw_ptr, gb_ptr, out_ptr, H, W, KS, CG, eps,
                 sxb, sxc, sxh, sxw, sob, soc, soh, sow,
                 BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr):
@@ -46,28 +67,13 @@ def _ela_kernel(x_ptr, w_ptr, gw_ptr, gb_ptr, out_ptr, H, W, KS, CG, eps,
     g = tl.program_id(1)
     base = x_ptr + b * sxb
     rs = tl.arange(0, BLOCK_S)
-    sum_h = tl.zeros((BLOCK_G,), dtype=tl.float32)
-    sum_w = tl.zeros((BLOCK_G,), dtype=tl.float32)
-    for c0 in range(0, CG, BLOCK_G):
-        rg = c0 + tl.arange(0, BLOCK_G)
-        c_ok = rg < CG
-        _, ch, cw = _directional_convs(base, w_ptr, g * CG + rg, c_ok, H, W, KS, sxc, sxh, sxw, BLOCK_S)
-        sum_h += tl.sum(tl.where(c_ok[:, None] & (rs < H)[None, :], ch, 0.0), axis=1)
-        sum_w += tl.sum(tl.where(c_ok[:, None] & (rs < W)[None, :], cw, 0.0), axis=1)
-    mean_h = tl.sum(sum_h, axis=0) / (CG * H)
-    mean_w = tl.sum(sum_w, axis=0) / (CG * W)
-    var_h = tl.zeros((BLOCK_G,), dtype=tl.float32)
-    var_w = tl.zeros((BLOCK_G,), dtype=tl.float32)
-    for c0 in range(0, CG, BLOCK_G):
-        rg = c0 + tl.arange(0, BLOCK_G)
-        c_ok = rg < CG
-        _, ch, cw = _directional_convs(base, w_ptr, g * CG + rg, c_ok, H, W, KS, sxc, sxh, sxw, BLOCK_S)
-        dh = tl.where(c_ok[:, None] & (rs < H)[None, :], ch - mean_h, 0.0)
-        dw = tl.where(c_ok[:, None] & (rs < W)[None, :], cw - mean_w, 0.0)
-        var_h += tl.sum(dh * dh, axis=1)
-        var_w += tl.sum(dw * dw, axis=1)
-    rstd_h = 1.0 / tl.sqrt(tl.sum(var_h, axis=0) / (CG * H) + eps)
-    rstd_w = 1.0 / tl.sqrt(tl.sum(var_w, axis=0) / (CG * W) + eps)
+    # GroupNorm's statistics, each direction on its own: the mean, then the variance about it
+    sum_h, sum_w = _group_sums(base, w_ptr, g, CG, H, W, KS, sxc, sxh, sxw, 0.0, 0.0, False, BLOCK_G, BLOCK_S)
+    mean_h = sum_h / (CG * H)
+    mean_w = sum_w / (CG * W)
+    var_h, var_w = _group_sums(base, w_ptr, g, CG, H, W, KS, sxc, sxh, sxw, mean_h, mean_w, True, BLOCK_G, BLOCK_S)
+    rstd_h = 1.0 / tl.sqrt(var_h / (CG * H) + eps)
+    rstd_w = 1.0 / tl.sqrt(var_w / (CG * W) + eps)
     for c0 in range(0, CG, BLOCK_G):
         rg = c0 + tl.arange(0, BLOCK_G)
         c_ok = rg < CG

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .compat import check_input
+from .compat import check_input, expect_shapes
 from .registry import declare, launch
 from .squeeze_excite import mlp
 
@@ -118,18 +118,13 @@ def _check(x, maps, w1, b1, w2, b2, wfc, bfc, reference=False):
     check_input("x", x, dim=4, dtypes=(torch.float32, torch.float16, torch.bfloat16) + f32)
     B, C, H, W = x.shape
     check_input("maps", maps, dim=4, device=x.device, dtypes=f32)
-    K = maps.shape[1]
-    if tuple(maps.shape) != (B, K, H, W):
-        raise ValueError(f"maps: expected shape {(B, K, H, W)} to match x {tuple(x.shape)}, got {tuple(maps.shape)}")
     for name, t, dim in (("w1", w1, 3), ("b1", b1, 2), ("w2", w2, 3), ("b2", b2, 2), ("wfc", wfc, 2), ("bfc", bfc, 1)):
         check_input(name, t, dim=dim, device=x.device, dtypes=f32)
-    J = w1.shape[1]
-    N = wfc.shape[0]
-    expected = {"w1": (K, J, C), "b1": (K, J), "w2": (K, C, J), "b2": (K, C), "wfc": (N, C), "bfc": (N,)}
-    for name, t in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2), ("wfc", wfc), ("bfc", bfc)):
-        if tuple(t.shape) != expected[name]:
-            raise ValueError(f"{name}: expected shape {expected[name]} for {K} heads and {C} channels, "
-                             f"got {tuple(t.shape)}")
+    K, J, N = maps.shape[1], w1.shape[1], wfc.shape[0]
+    expect_shapes({"maps": (B, K, H, W), "w1": (K, J, C), "b1": (K, J), "w2": (K, C, J), "b2": (K, C),
+                   "wfc": (N, C), "bfc": (N,)},
+                  {"maps": maps, "w1": w1, "b1": b1, "w2": w2, "b2": b2, "wfc": wfc, "bfc": bfc},
+                  f"for x {tuple(x.shape)} and {K} heads")
     return B, C, H, W, K, J, N
 
 
@@ -173,13 +168,24 @@ def head_fusion_reference(x, maps, w1, b1, w2, b2, wfc, bfc, log_softmax: bool):
     """The same math in torch ops, computed in float32 (float64 for float64 inputs): the CPU
     backend and the tests' reference."""
     B, C, H, W, K, J, N = _check(x, maps, w1, b1, w2, b2, wfc, bfc, reference=True)
-    xf = x.to(maps.dtype).reshape(B, C, H * W)
-    v = torch.bmm(maps.reshape(B, K, H * W), xf.transpose(1, 2)) / (H * W)  # B×K×C
+    v, _ = pool_by_maps_reference(x, maps)
     heads = v * torch.sigmoid(mlp(v, w1, b1, w2, b2))
+    return fuse_heads_and_classify_reference(heads, wfc, bfc, log_softmax, x.dtype)
+
+
+def pool_by_maps_reference(x, maps):
+    """pool_by_maps in torch ops: (v B×K×C, GAP(x) B×C) in the maps' dtype."""
+    B, C, H, W = x.shape
+    xf = x.to(maps.dtype).reshape(B, C, H * W)
+    return torch.bmm(maps.reshape(B, -1, H * W), xf.transpose(1, 2)) / (H * W), xf.mean(2)
+
+
+def fuse_heads_and_classify_reference(heads, wfc, bfc, log_softmax: bool, dtype):
+    """fuse_heads_and_classify in torch ops: (logits, heads) in `dtype`."""
     if log_softmax:
         heads = torch.log_softmax(heads, dim=1)
     logits = torch.addmm(bfc, heads.sum(1), wfc.t())
-    return logits.to(x.dtype), heads.to(x.dtype)
+    return logits.to(dtype), heads.to(dtype)
 
 
 def _flops(x, maps, w1, b1, w2, b2, wfc, bfc, log_softmax):

@@ -12,8 +12,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .compat import check_input
-from .head_fusion import MAX_HEADS, channel_block, fuse_heads_and_classify, outputs, pool_by_maps
+from .compat import check_input, expect_shapes
+from .head_fusion import (MAX_HEADS, channel_block, fuse_heads_and_classify, fuse_heads_and_classify_reference,
+                          outputs, pool_by_maps, pool_by_maps_reference)
 from .registry import declare, launch
 
 BLOCK_C_MAX = 1024
@@ -62,16 +63,12 @@ def _check(x, maps, ca, wa, wb, bf, wfc, bfc, reference=False):
     f32 = (torch.float32, torch.float64) if reference else (torch.float32,)
     check_input("x", x, dim=4, dtypes=(torch.float32, torch.float16, torch.bfloat16) + f32)
     B, C, H, W = x.shape
-    for name, t, dim in (("maps", maps, 4), ("ca", ca, 3), ("wa", wa, 3), ("wb", wb, 3), ("bf", bf, 2),
-                         ("wfc", wfc, 2), ("bfc", bfc, 1)):
-        check_input(name, t, dim=dim, device=x.device, dtypes=f32)
+    tensors = {"maps": maps, "ca": ca, "wa": wa, "wb": wb, "bf": bf, "wfc": wfc, "bfc": bfc}
+    for name, dim in (("maps", 4), ("ca", 3), ("wa", 3), ("wb", 3), ("bf", 2), ("wfc", 2), ("bfc", 1)):
+        check_input(name, tensors[name], dim=dim, device=x.device, dtypes=f32)
     K, N = maps.shape[1], wfc.shape[0]
-    expected = {"maps": (B, K, H, W), "ca": (B, K, C), "wa": (K, C, C), "wb": (K, C, C), "bf": (K, C),
-                "wfc": (N, C), "bfc": (N,)}
-    for name, t in (("maps", maps), ("ca", ca), ("wa", wa), ("wb", wb), ("bf", bf), ("wfc", wfc), ("bfc", bfc)):
-        if tuple(t.shape) != expected[name]:
-            raise ValueError(f"{name}: expected shape {expected[name]} for x {tuple(x.shape)} and {K} heads, "
-                             f"got {tuple(t.shape)}")
+    expect_shapes({"maps": (B, K, H, W), "ca": (B, K, C), "wa": (K, C, C), "wb": (K, C, C), "bf": (K, C),
+                   "wfc": (N, C), "bfc": (N,)}, tensors, f"for x {tuple(x.shape)} and {K} heads")
     return B, C, H, W, K, N
 
 
@@ -96,14 +93,10 @@ def maca_fusion_triton(x: Tensor, maps: Tensor, ca: Tensor, wa: Tensor, wb: Tens
 def maca_fusion_reference(x, maps, ca, wa, wb, bf, wfc, bfc, log_softmax: bool):
     """The same math in torch ops (float32, float64 for float64 inputs); outputs in x's dtype."""
     B, C, H, W, K, N = _check(x, maps, ca, wa, wb, bf, wfc, bfc, reference=True)
-    xf = x.to(maps.dtype).reshape(B, C, H * W)
-    v_sa = torch.bmm(maps.reshape(B, K, H * W), xf.transpose(1, 2)) / (H * W)
-    v_ca = ca * xf.mean(2)[:, None, :]
+    v_sa, gap = pool_by_maps_reference(x, maps)
+    v_ca = ca * gap[:, None, :]
     heads = torch.einsum("bkc,koc->bko", v_sa, wa) + torch.einsum("bkc,koc->bko", v_ca, wb) + bf
-    if log_softmax:
-        heads = torch.log_softmax(heads, dim=1)
-    logits = torch.addmm(bfc, heads.sum(1), wfc.t())
-    return logits.to(x.dtype), heads.to(x.dtype)
+    return fuse_heads_and_classify_reference(heads, wfc, bfc, log_softmax, x.dtype)
 
 
 def _flops(x, maps, ca, wa, wb, bf, wfc, bfc, log_softmax):

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .compat import check_input
+from .compat import check_input, expect_shapes
 from .registry import declare, launch
 from .squeeze_excite import mlp, squeeze_excite_triton
 
@@ -126,22 +126,21 @@ def _max_fusion_kernel(x_ptr, ah_ptr, aw_ptr, s_ptr, kl_ptr, bl_ptr, wfc_ptr, bf
 
 
 NAMES = ("kh", "bh", "kw", "bw", "w1", "b1", "w2", "b2", "w3", "b3", "s1", "s2", "kl", "bl", "wfc", "bfc")
+RANKS = dict(zip(NAMES, (3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 3, 2, 1, 2, 1)))
 
 
 def _check(x, weights, reference=False):
     f32 = (torch.float32, torch.float64) if reference else (torch.float32,)
     check_input("x", x, dim=4, dtypes=(torch.float32, torch.float16, torch.bfloat16) + f32)
     B, C, H, W = x.shape
+    for name, t in weights.items():  # ranks first: the shapes below are read from w1, s1 and wfc
+        check_input(name, t, dim=RANKS[name], device=x.device, dtypes=f32)
     K, M = weights["w1"].shape[:2]
     J, N = weights["s1"].shape[1], weights["wfc"].shape[0]
-    expected = {"kh": (K, C, W), "bh": (K, C), "kw": (K, C, H), "bw": (K, C), "w1": (K, M, C), "b1": (K, M),
-                "w2": (K, C, M), "b2": (K, C), "w3": (K, C, M), "b3": (K, C), "s1": (K, J, C), "s2": (K, C, J),
-                "kl": (C, H * W), "bl": (C,), "wfc": (N, C), "bfc": (N,)}
-    for name, t in weights.items():
-        check_input(name, t, dim=len(expected[name]), device=x.device, dtypes=f32)
-        if tuple(t.shape) != expected[name]:
-            raise ValueError(f"{name}: expected shape {expected[name]} for x {tuple(x.shape)} and {K} heads, "
-                             f"got {tuple(t.shape)}")
+    expect_shapes({"kh": (K, C, W), "bh": (K, C), "kw": (K, C, H), "bw": (K, C), "w1": (K, M, C), "b1": (K, M),
+                   "w2": (K, C, M), "b2": (K, C), "w3": (K, C, M), "b3": (K, C), "s1": (K, J, C), "s2": (K, C, J),
+                   "kl": (C, H * W), "bl": (C,), "wfc": (N, C), "bfc": (N,)},
+                  weights, f"for x {tuple(x.shape)} and {K} heads")
     return B, C, H, W, K, M, N
 
 
@@ -163,8 +162,8 @@ def mhan_heads_triton(x: Tensor, kh: Tensor, bh: Tensor, kw: Tensor, bw: Tensor,
     launch(_coordinate_kernel, (B, K), x, kh, bh, kw, bw, w1, b1, w2, b2, w3, b3, a_h, a_w, pooled,
            C, H, W, M, K, *x.stride(), BLOCK_C=BLOCK_C, BLOCK_M=max(16, triton.next_power_of_2(M)), BLOCK_S=side,
            num_warps=4)
-    no_bias = torch.zeros((K, max(s1.shape[1], C)), **f32)
-    s = squeeze_excite_triton(pooled, s1, no_bias[:, :s1.shape[1]], s2, no_bias[:, :C], "avg")
+    # SEDDA's squeeze-excite Linears have no biases: zeros for the op's
+    s = squeeze_excite_triton(pooled, s1, torch.zeros((K, s1.shape[1]), **f32), s2, torch.zeros((K, C), **f32), "avg")
     maps = torch.empty((B, K, C, H, W), device=x.device, dtype=x.dtype)
     out = torch.empty((B, C), **f32)
     logits = torch.empty((B, N), device=x.device, dtype=x.dtype)

@@ -54,6 +54,7 @@ class FusedCBAM(FusedUnit):
     def install(self, model):
         self.install_forward(self.module, f"{self.module._get_name()}[fused: cbam]")
 
+
 class CBAMPattern:
     name = "cbam"
 
