@@ -212,8 +212,10 @@ class ConvRunner:
         weight = self.packed(x.shape)
         if residual is None:
             return op(x, weight, self.bias, self.padding, self.stride, self.dilation, self.groups, unary, [], "")
+        # the binary form takes no activation as None ("none" is refused there)
         return op.binary(x, residual.contiguous(memory_format=torch.channels_last), weight, self.bias,
-                         self.padding, self.stride, self.dilation, self.groups, "add", 1.0, unary, [], "")
+                         self.padding, self.stride, self.dilation, self.groups, "add", 1.0,
+                         None if act is None else unary, [], "")
 
     def problem(self, x, act, residual) -> tuple:
         """What a tile timing depends on: geometry, input shape, epilogue, threads (TILE_BY_PROBLEM)."""

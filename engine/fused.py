@@ -106,6 +106,10 @@ class FusedUnit:
             found += [v for v in (value if isinstance(value, tuple) else (value,)) if isinstance(v, ConvRunner)]
         return found
 
+    def notes(self, executors: tuple[str, ...]) -> list[str]:
+        """What the report should say about how this unit runs on `executors` (a fallback, say)."""
+        return []
+
     def conv_executor(self) -> str:
         """The executor for this call: set per input shape by the model's guard (use_executor)."""
         return "aten" if self.decomposed else selected_executor(self.executor)

@@ -183,6 +183,7 @@ def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32"
             kept.append(name)
             rep.notes.append(f"{name} ({type(module).__name__}): stays on PyTorch's fused attention "
                              "(scaled_dot_product_attention), not fused by ferfuse")
+    rep.notes += list(dict.fromkeys(n for unit in units for n in unit.notes(executors)))
     state = EngineState(units, rep)
     model.__dict__[STATE_ATTR] = state
     if units:

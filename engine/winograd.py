@@ -17,17 +17,13 @@ differ from direct convolution by ~1e-6 relative rather than ~1e-7 (measured per
 tests/engine/test_winograd.py; optimize() verifies the whole model against float64).
 """
 import ctypes
-import hashlib
-import os
-import platform
-import subprocess
-import tempfile
-import threading
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import torch
+
+from . import native
 
 SOURCE = Path(__file__).with_name("winograd.c")
 
@@ -63,10 +59,6 @@ F23 = Variant(2,
               _t([[1, 1, 1, 0], [0, 1, -1, -1]]),
               "winograd_f23_input", "winograd_f23_output")
 VARIANTS = {4: F43, 2: F23}
-
-
-class WinogradUnavailable(RuntimeError):
-    """The transforms could not be built here (no C compiler, a failed build)."""
 
 
 def eligible(weight: torch.Tensor, stride, padding, dilation) -> bool:
@@ -106,79 +98,18 @@ def winograd_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     return y if bias is None else y + bias.double().view(1, -1, 1, 1)
 
 
-# -- the C transforms: built once per machine and source, loaded with ctypes --------------------
-_LOCK = threading.Lock()
-_LIB: ctypes.CDLL | None = None
-_ERROR: str | None = None
-FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-fPIC", "-shared"]
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("FERFUSE_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or
-                                                            os.path.expanduser("~/.cache"), "ferfuse")
-    return Path(root)
-
-
-def _cpu_signature() -> str:
-    # -march=native code is only valid on CPUs with the same instruction sets
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith("flags")), platform.processor())
-    except OSError:
-        return platform.processor() + platform.machine()
-
-
-def _build() -> ctypes.CDLL:
-    cc = os.environ.get("CC", "cc")
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join([cc, *FLAGS, _cpu_signature()]).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"winograd-{key}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
-        try:
-            done = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True)
-        except OSError as err:
-            os.unlink(tmp)
-            raise WinogradUnavailable(f"no C compiler ({cc}: {err.strerror})") from None
-        if done.returncode != 0:
-            os.unlink(tmp)
-            first = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[0]
-            raise WinogradUnavailable(f"{cc} failed on {SOURCE.name}: {first}")
-        os.replace(tmp, target)  # atomic: a racing process finds a whole library or none
-    lib = ctypes.CDLL(str(target))
+# -- the C transforms: built once per machine and source (engine/native.py) ----------------------
+def _declare(lib):
     i, p = ctypes.c_int, ctypes.c_void_p
     for variant in VARIANTS.values():
         getattr(lib, variant.c_input).argtypes = [p, p, i, i, i, i, i, i, i]
         getattr(lib, variant.c_output).argtypes = [p, p, p, p, i, i, i, i, i, i, i, i]
-    return lib
 
 
-def library() -> ctypes.CDLL:
-    """The built transforms; raises WinogradUnavailable (with the reason) where they cannot be built."""
-    global _LIB, _ERROR
-    with _LOCK:
-        if _LIB is None and _ERROR is None:
-            try:
-                _LIB = _build()
-            except WinogradUnavailable as err:
-                _ERROR = str(err)
-        if _LIB is None:
-            raise WinogradUnavailable(_ERROR)
-        return _LIB
-
-
-def unavailable_reason() -> str | None:
-    try:
-        library()
-    except WinogradUnavailable as err:
-        return str(err)
-    return None
-
-
-def _ptr(t: torch.Tensor | None):
-    return None if t is None else ctypes.c_void_p(t.data_ptr())
+LIBRARY = native.Library(SOURCE, _declare)
+library = LIBRARY.get  # the built transforms; raises NativeUnavailable (with the reason) where they cannot be built
+unavailable_reason = LIBRARY.unavailable_reason
+_ptr = native.ptr
 
 
 def _channels_last(t: torch.Tensor) -> torch.Tensor:

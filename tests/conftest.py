@@ -22,3 +22,13 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py, importable f
 @pytest.fixture
 def gen():
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture
+def poisoned_empty():
+    """torch.empty fills floating outputs with NaN: a kernel that skips an element fails."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    yield
+    torch.use_deterministic_algorithms(before)

@@ -25,7 +25,8 @@ def all_patterns():
     from .dan_heads import DANHeadsPattern
     from .maca_heads import MACAHeadsPattern
     from .mhan import MHANPattern
+    from .mix_depthwise import MixDepthwisePattern
     from .resnet_block import ResNetBlockPattern
 
-    return [MACAHeadsPattern(), DANHeadsPattern(), MHANPattern(), CBAMPattern(), ResNetBlockPattern(),
-            ConvBNPattern()]
+    return [MACAHeadsPattern(), DANHeadsPattern(), MHANPattern(), CBAMPattern(), MixDepthwisePattern(),
+            ResNetBlockPattern(), ConvBNPattern()]

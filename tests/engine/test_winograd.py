@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ferfuse import models
-from ferfuse.engine import optimize, report, winograd
+from ferfuse.engine import native, optimize, report, winograd
 from ferfuse.engine import executors
 from ferfuse.engine.executors import ConvRunner
 from ferfuse.engine.export import reference_path
@@ -203,11 +203,11 @@ def test_optimize_with_winograd_executor(gen):
 def test_unbuildable_transforms_are_reported(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("FERFUSE_CACHE", str(tmp_path))
-    with pytest.raises(winograd.WinogradUnavailable, match="no C compiler"):
-        winograd._build()
+    with pytest.raises(native.NativeUnavailable, match="no C compiler"):
+        native.build(winograd.SOURCE)
     monkeypatch.setenv("CC", "false")  # a "compiler" that fails without a word
-    with pytest.raises(winograd.WinogradUnavailable, match="false failed on winograd.c: exit status 1"):
-        winograd._build()
+    with pytest.raises(native.NativeUnavailable, match="false failed on winograd.c: exit status 1"):
+        native.build(winograd.SOURCE)
     monkeypatch.setattr(winograd, "unavailable_reason", lambda: "no C compiler (cc: not found)")
     model = randomize_batchnorm(models.dan(num_heads=1), seed=7).eval()
     with pytest.raises(ValueError, match="cannot be built here: no C compiler"):

@@ -1,0 +1,210 @@
+/* Depthwise convolution and the attention gate after it, for the mobile blocks of FER trunks
+ * (MHAN's Mix_Depth_Wise: 1x1 expand + PReLU, mixed depthwise conv, coordinate attention, 1x1
+ * project). The 1x1 convolutions are GEMMs and run on oneDNN (engine/depthwise.py); what is left
+ * between them is ~20 small torch ops per block on maps of a few hundred kilobytes, so it runs here
+ * as two passes over channels-last maps that stay in cache.
+ *
+ * Layouts (all channels-last, float32):
+ *   x: B x H x W x C            the depthwise conv's input
+ *   w: K x K x C                every channel's kernel, zero-padded to the largest size K and
+ *                               centred (a k x k kernel with padding k/2 is the K x K kernel with
+ *                               padding K/2 whose outer ring is zero); only its k x k taps are read
+ *   y: B x Ho x Wo x C
+ * Channels are contiguous, so every inner loop runs over channels and the compiler vectorises it.
+ * No -ffast-math: NaN and Inf propagate as IEEE arithmetic makes them. */
+#include <math.h>
+#include <stdint.h>
+
+#define INLINE static inline __attribute__((always_inline))
+
+#define L 16 /* channels per accumulator block: two AVX2 or one AVX-512 vector of floats */
+
+/* One output pixel's `lanes` channels from c: the k x k taps of its group that fall inside the
+ * map, summed in registers (acc), then stored once. Called with lanes == L (a constant the compiler
+ * unrolls) or with the group's last, shorter block. */
+INLINE void depthwise_pixel(const float *restrict xb, const float *restrict w, const float *restrict bias,
+                            float *restrict out, int H, int W, int C, int K, int k, int iy0, int ix0, int c,
+                            int lanes) {
+    float acc[L];
+    int off = (K - k) / 2;
+    for (int l = 0; l < lanes; l++) acc[l] = bias ? bias[c + l] : 0.f;
+    for (int ky = 0; ky < k; ky++) {
+        int iy = iy0 + ky;
+        if (iy < 0 || iy >= H) continue;
+        for (int kx = 0; kx < k; kx++) {
+            int ix = ix0 + kx;
+            if (ix < 0 || ix >= W) continue;
+            const float *restrict src = xb + ((int64_t)iy * W + ix) * C + c;
+            const float *restrict tap = w + ((int64_t)(ky + off) * K + kx + off) * C + c;
+            for (int l = 0; l < lanes; l++) acc[l] += src[l] * tap[l];
+        }
+    }
+    for (int l = 0; l < lanes; l++) out[c + l] = acc[l];
+}
+
+/* P horizontally adjacent output pixels whose windows lie inside the map's width: each tap's
+ * weights are loaded once for the P pixels (a direct depthwise conv is bound by loads, not FMAs). */
+#define P 4
+INLINE void depthwise_pixels(const float *restrict xb, const float *restrict w, const float *restrict bias,
+                             float *restrict out, int H, int W, int C, int K, int k, int iy0, int ix0, int stride,
+                             int c, int lanes) {
+    float acc[P][L];
+    int off = (K - k) / 2;
+    for (int p = 0; p < P; p++)
+        for (int l = 0; l < lanes; l++) acc[p][l] = bias ? bias[c + l] : 0.f;
+    for (int ky = 0; ky < k; ky++) {
+        int iy = iy0 + ky;
+        if (iy < 0 || iy >= H) continue;
+        for (int kx = 0; kx < k; kx++) {
+            const float *restrict src = xb + ((int64_t)iy * W + ix0 + kx) * C + c;
+            const float *restrict tap = w + ((int64_t)(ky + off) * K + kx + off) * C + c;
+            for (int p = 0; p < P; p++)
+                for (int l = 0; l < lanes; l++) acc[p][l] += src[(int64_t)p * stride * C + l] * tap[l];
+        }
+    }
+    for (int p = 0; p < P; p++)
+        for (int l = 0; l < lanes; l++) out[(int64_t)p * C + c + l] = acc[p][l];
+}
+
+/* y = dwconv(prelu(x)) + bias. Channel groups [start[g], start[g+1]) use kernel size ksize[g]
+ * (odd, <= K), padding ksize[g]/2, stride `stride`. prelu (C slopes) may be NULL: no activation;
+ * then x is only read. With prelu, x is overwritten by prelu(x) first (it is the caller's scratch). */
+void mixed_depthwise(float *x, const float *w, const float *bias, const float *prelu, float *y, int B, int H,
+                     int W, int C, int Ho, int Wo, int stride, int K, int groups, const int *start,
+                     const int *ksize, int threads) {
+    if (prelu) {
+        int64_t pixels = (int64_t)B * H * W;
+        _Pragma("omp parallel for num_threads(threads) schedule(static)")
+        for (int64_t p = 0; p < pixels; p++) {
+            float *restrict row = x + p * C;
+            for (int c = 0; c < C; c++) {  /* both sides computed: a select the compiler vectorises */
+                float v = row[c], scaled = prelu[c] * v;
+                row[c] = v > 0.f ? v : scaled;
+            }
+        }
+    }
+    int64_t rows = (int64_t)B * Ho;
+    _Pragma("omp parallel for num_threads(threads) schedule(static)")
+    for (int64_t r = 0; r < rows; r++) {
+        int b = (int)(r / Ho), oy = (int)(r % Ho);
+        const float *xb = x + (int64_t)b * H * W * C;
+        for (int g = 0; g < groups; g++) {
+            int k = ksize[g], c0 = start[g], c1 = start[g + 1], iy0 = oy * stride - k / 2;
+            int ox = 0;
+            for (; ox < Wo; ox++) {
+                int ix0 = ox * stride - k / 2;
+                float *out = y + (r * Wo + ox) * C;
+                if (ix0 >= 0 && ox + P <= Wo && ix0 + (P - 1) * stride + k <= W) {  /* P pixels, no column padding */
+                    int c = c0;
+                    for (; c + L <= c1; c += L)
+                        depthwise_pixels(xb, w, bias, out, H, W, C, K, k, iy0, ix0, stride, c, L);
+                    if (c < c1) depthwise_pixels(xb, w, bias, out, H, W, C, K, k, iy0, ix0, stride, c, c1 - c);
+                    ox += P - 1;
+                    continue;
+                }
+                int c = c0;
+                for (; c + L <= c1; c += L) depthwise_pixel(xb, w, bias, out, H, W, C, K, k, iy0, ix0, c, L);
+                if (c < c1) depthwise_pixel(xb, w, bias, out, H, W, C, K, k, iy0, ix0, c, c1 - c);
+            }
+        }
+    }
+}
+
+/* The sigmoid in a form the compiler vectorises (glibc's expf is a scalar call, and with ~60 000
+ * gates per block at batch 8 it was half of coordinate attention's time): e^-v = 2^n e^r with
+ * n = round(-v / ln 2), |r| <= ln(2)/2 and e^r its degree-7 Taylor polynomial (truncation < 2e-9,
+ * so the result is within a few ulp of expf). -v is clamped to [-87, 88], where the sigmoid is 0
+ * or 1 to float precision; NaN passes through. */
+INLINE float sigmoid(float v) {
+    float x = -v;
+    x = x == x ? x : 0.f;
+    x = x < -87.f ? -87.f : (x > 88.f ? 88.f : x);
+    float n = floorf(x * 1.44269504088896341f + 0.5f);
+    float r = (x - n * 0.693145751953125f) - n * 1.4286068203e-06f;  /* ln 2 in two parts */
+    float p = 1.f / 5040.f;
+    p = p * r + 1.f / 720.f;
+    p = p * r + 1.f / 120.f;
+    p = p * r + 1.f / 24.f;
+    p = p * r + 1.f / 6.f;
+    p = p * r + 0.5f;
+    p = p * r + 1.f;
+    p = p * r + 1.f;
+    union { int32_t i; float f; } scale = {.i = ((int32_t)n + 127) << 23};
+    float result = 1.f / (1.f + p * scale.f);
+    return v == v ? result : v;
+}
+
+INLINE float hard_swish(float v) {
+    float r = v + 3.f;
+    r = r < 0.f ? 0.f : (r > 6.f ? 6.f : r);
+    return v * (r / 6.f);
+}
+
+/* One position's gate: a = sigmoid(w2t^T hswish(w1 m + b1) + b2), m and a of C channels.
+ * w1: mip x C (row per hidden unit), w2t: mip x C (transposed, so the last loop runs over C). */
+static void coordinate_gate(const float *m, float *a, int C, int mip, const float *w1, const float *b1,
+                            const float *w2t, const float *b2, float *z) {
+    for (int j = 0; j < mip; j++) {
+        /* L partial sums, one per lane, added at the end: a single running sum is a chain of C
+         * dependent scalar adds, which IEEE order (no -ffast-math) forbids the compiler to split */
+        float part[L] = {0.f}, s = b1[j];
+        const float *wj = w1 + (int64_t)j * C;
+        int c = 0;
+        for (; c + L <= C; c += L)
+            for (int l = 0; l < L; l++) part[l] += wj[c + l] * m[c + l];
+        for (; c < C; c++) s += wj[c] * m[c];
+        for (int l = 0; l < L; l++) s += part[l];
+        z[j] = hard_swish(s);
+    }
+    for (int c = 0; c < C; c++) a[c] = b2[c];
+    for (int j = 0; j < mip; j++) {
+        const float *wj = w2t + (int64_t)j * C;
+        for (int c = 0; c < C; c++) a[c] += wj[c] * z[j];
+    }
+    for (int c = 0; c < C; c++) a[c] = sigmoid(a[c]);
+}
+
+/* Coordinate attention (Hou et al., CVPR 2021) applied in place: m_h = mean over W, m_w = mean
+ * over H; both go through the shared 1x1 conv with its BatchNorm folded (w1, b1) and h-swish; then
+ * a_h = sigmoid(conv2(.)), a_w = sigmoid(conv3(.)); y = y * a_w * a_h (upstream's order).
+ * scratch: B*(H+W)*C floats (the means, then the gates in their place). */
+void coordinate_attention(float *y, int B, int H, int W, int C, int mip, const float *w1, const float *b1,
+                          const float *w2t, const float *b2, const float *w3t, const float *b3, float *scratch,
+                          int threads) {
+    float *gates = scratch;  /* B x (H + W) x C: rows 0..H-1 hold m_h then a_h, rows H.. m_w then a_w */
+    int64_t positions = (int64_t)B * (H + W);
+    _Pragma("omp parallel for num_threads(threads) schedule(static)")
+    for (int64_t p = 0; p < positions; p++) {  /* the means: a row of y, or a column */
+        int b = (int)(p / (H + W)), i = (int)(p % (H + W));
+        float *m = gates + p * C;
+        const float *yb = y + (int64_t)b * H * W * C;
+        for (int c = 0; c < C; c++) m[c] = 0.f;
+        if (i < H) {
+            for (int x = 0; x < W; x++)
+                for (int c = 0; c < C; c++) m[c] += yb[((int64_t)i * W + x) * C + c];
+            for (int c = 0; c < C; c++) m[c] /= (float)W;
+        } else {
+            for (int r = 0; r < H; r++)
+                for (int c = 0; c < C; c++) m[c] += yb[((int64_t)r * W + i - H) * C + c];
+            for (int c = 0; c < C; c++) m[c] /= (float)H;
+        }
+    }
+    _Pragma("omp parallel for num_threads(threads) schedule(static)")
+    for (int64_t p = 0; p < positions; p++) {  /* each mean becomes its gate: read whole, then written */
+        int i = (int)(p % (H + W));
+        float *m = gates + p * C, z[mip];
+        if (i < H) coordinate_gate(m, m, C, mip, w1, b1, w2t, b2, z);
+        else coordinate_gate(m, m, C, mip, w1, b1, w3t, b3, z);
+    }
+    int64_t rows = (int64_t)B * H;
+    _Pragma("omp parallel for num_threads(threads) schedule(static)")
+    for (int64_t r = 0; r < rows; r++) {
+        int b = (int)(r / H), i = (int)(r % H);
+        const float *ah = gates + ((int64_t)b * (H + W) + i) * C;
+        for (int x = 0; x < W; x++) {
+            const float *aw = gates + ((int64_t)b * (H + W) + H + x) * C;
+            float *out = y + (r * W + x) * C;
+            for (int c = 0; c < C; c++) out[c] = out[c] * aw[c] * ah[c];
+        }
+    }
+}

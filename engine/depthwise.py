@@ -1,0 +1,113 @@
+"""The middle of a mobile block on CPU: mixed depthwise convolution (with the PReLU before it) and
+coordinate attention, as two C passes over channels-last maps (depthwise.c); the 1×1 expand and
+project convolutions around them run on oneDNN (engine/patterns/mix_depthwise.py).
+
+MHAN's trunk is 34 such blocks on maps of 28×28 to 7×7: as torch ops each block is ~25 calls
+(split, a conv per kernel size, cat, two means, cat, three 1×1 convs, h-swish, two sigmoids, two
+products, ...), each too small to amortise its dispatch; here it is two calls.
+
+`MixedDepthwise.kernel` is the mixed conv as one depthwise conv: each channel group's k×k kernel
+zero-padded to the largest size K and centred, exactly the group's conv (a k×k kernel with padding
+k/2 equals the K×K kernel with padding K/2 whose outer ring is zero). `run_torch` (the aten
+executor, CUDA, export) runs that one conv; `run_c` reads only each group's own k×k taps."""
+import ctypes
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import native
+
+SOURCE = Path(__file__).with_name("depthwise.c")
+
+
+def _declare(lib):
+    i, p = ctypes.c_int, ctypes.c_void_p
+    lib.mixed_depthwise.argtypes = [p, p, p, p, p, i, i, i, i, i, i, i, i, i, p, p, i]
+    lib.coordinate_attention.argtypes = [p, i, i, i, i, i, p, p, p, p, p, p, p, i]
+
+
+LIBRARY = native.Library(SOURCE, _declare)
+
+
+def hard_swish(x: torch.Tensor) -> torch.Tensor:
+    """x·relu6(x + 3)/6 (MHAN's h_swish, which differs from F.hardswish's rounding by the division)."""
+    return x * (F.relu6(x + 3) / 6)
+
+
+class MixedDepthwise:
+    """Depthwise convolution whose channel groups have their own odd square kernels (MixConv, Tan &
+    Le 2019), stride `stride`, padding k/2, optional bias; `prelu` slopes (one per channel) are
+    applied to the input first."""
+
+    def __init__(self, kernels: list[torch.Tensor], bias: torch.Tensor | None, stride: int,
+                 prelu: torch.Tensor | None):
+        sizes = [k.shape[-1] for k in kernels]
+        self.size, self.stride = max(sizes), stride
+        channels = sum(k.shape[0] for k in kernels)
+        self.kernel = kernels[0].new_zeros(channels, 1, self.size, self.size)
+        c0, starts = 0, [0]
+        for k in kernels:
+            off = (self.size - k.shape[-1]) // 2
+            self.kernel[c0:c0 + k.shape[0], :, off:off + k.shape[-1], off:off + k.shape[-1]] = k
+            c0 += k.shape[0]
+            starts.append(c0)
+        self.bias, self.prelu = bias, prelu
+        self.taps = self.kernel.view(channels, -1).t().contiguous().float()  # K·K × C: channels innermost
+        self.starts = torch.tensor(starts, dtype=torch.int32)
+        self.sizes = torch.tensor(sizes, dtype=torch.int32)
+
+    def out_size(self, h: int, w: int) -> tuple[int, int]:
+        p = self.size // 2
+        return (h + 2 * p - self.size) // self.stride + 1, (w + 2 * p - self.size) // self.stride + 1
+
+    def run_torch(self, x: torch.Tensor) -> torch.Tensor:
+        if self.prelu is not None:
+            x = F.prelu(x, self.prelu.to(x.dtype))
+        return F.conv2d(x, self.kernel.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype),
+                        self.stride, self.size // 2, 1, self.kernel.shape[0])
+
+    @torch.compiler.disable  # the C pass writes through raw pointers, which a compiler cannot see
+    def run_c(self, x: torch.Tensor) -> torch.Tensor:
+        """The C pass on a float32 CPU map; x must be the caller's own (the PReLU is applied to it in place)."""
+        n, c, h, w = x.shape
+        x = x.contiguous(memory_format=torch.channels_last)
+        ho, wo = self.out_size(h, w)
+        y = torch.empty((n, c, ho, wo), memory_format=torch.channels_last)
+        bias = None if self.bias is None else self.bias.float().contiguous()
+        prelu = None if self.prelu is None else self.prelu.float().contiguous()
+        LIBRARY.get().mixed_depthwise(native.ptr(x), native.ptr(self.taps), native.ptr(bias), native.ptr(prelu),
+                                      native.ptr(y), n, h, w, c, ho, wo, self.stride, self.size,
+                                      len(self.sizes), native.ptr(self.starts), native.ptr(self.sizes),
+                                      torch.get_num_threads())
+        return y
+
+
+class CoordinateAttention:
+    """Coordinate attention (Hou et al., CVPR 2021) with its BatchNorm folded:
+    m_h = mean_W y, m_w = mean_H y; z = h_swish(w1·m + b1) (shared); a_h = σ(w2·z_h + b2),
+    a_w = σ(w3·z_w + b3); out = y·a_w·a_h."""
+
+    def __init__(self, w1, b1, w2, b2, w3, b3):
+        self.w1, self.b1, self.w2, self.b2, self.w3, self.b3 = w1, b1, w2, b2, w3, b3
+        f = [t.float().contiguous() for t in (w1, b1, w2.t(), b2, w3.t(), b3)]
+        self.packed = f  # w1: mip×C, w2ᵀ and w3ᵀ: mip×C, so the C loops run over channels
+
+    def run_torch(self, y: torch.Tensor) -> torch.Tensor:
+        h = y.shape[2]
+        m = torch.cat([y.mean(3), y.mean(2)], dim=2)  # n × C × (H + W)
+        w1, b1, w2, b2, w3, b3 = (t.to(y.dtype) for t in (self.w1, self.b1, self.w2, self.b2, self.w3, self.b3))
+        z = hard_swish(torch.einsum("jc,ncp->njp", w1, m) + b1.view(1, -1, 1))
+        a_h = torch.sigmoid(torch.einsum("cj,njp->ncp", w2, z[:, :, :h]) + b2.view(1, -1, 1)).unsqueeze(3)
+        a_w = torch.sigmoid(torch.einsum("cj,njp->ncp", w3, z[:, :, h:]) + b3.view(1, -1, 1)).unsqueeze(2)
+        return y * a_w * a_h
+
+    @torch.compiler.disable
+    def run_c(self, y: torch.Tensor) -> torch.Tensor:
+        """In place on a channels-last float32 CPU map (the caller's own); returns it."""
+        n, c, h, w = y.shape
+        scratch = torch.empty(n * (h + w) * c)
+        w1, b1, w2t, b2, w3t, b3 = (native.ptr(t) for t in self.packed)
+        LIBRARY.get().coordinate_attention(native.ptr(y), n, h, w, c, self.w1.shape[0], w1, b1, w2t, b2, w3t, b3,
+                                           native.ptr(scratch), torch.get_num_threads())
+        return y

@@ -1,0 +1,149 @@
+"""Mobile blocks with mixed depthwise convolution and coordinate attention: MHAN's trunk
+(MixedFeatureNet's Mix_Depth_Wise), found by structure: a block with
+- `conv`: a 1×1 expand conv + BatchNorm2d + PReLU (`conv`, `bn`, `prelu`),
+- `conv_dw`: `mixed_depthwise_conv`, depthwise convs of odd square kernels over consecutive
+  channel groups (`split_channels`), padding k/2, one stride,
+- `CA`: coordinate attention (`conv1` + `bn1` + h-swish `relu`, `conv2`, `conv3`),
+- `project`: a 1×1 conv + BatchNorm2d, and `residual` (x + block(x)).
+
+Folded (eval mode): both BatchNorms into their convs, CA's bn1 into conv1, the mixed conv into
+one depthwise conv (engine/depthwise.py). On the oneDNN executors the block is four calls: the
+expand conv on oneDNN, one C pass for PReLU + mixed depthwise conv, one for coordinate attention,
+the project conv on oneDNN with the residual add in its epilogue. On aten (and CUDA, and export)
+the same folded weights run as torch ops.
+"""
+import torch
+import torch.nn as nn
+
+from ..algebra import fold_batchnorm, layer_bias
+from ..depthwise import LIBRARY, CoordinateAttention, MixedDepthwise, hard_swish
+from ..executors import ONEDNN_EXECUTORS, ConvRunner
+from ..fused import FusedUnit
+from . import Skip, is_claimed
+from .conv_bn import foldable_reason
+
+PARTS = ("conv", "conv_dw", "CA", "project")
+
+
+def _one_by_one(conv, c_in, c_out=None) -> bool:
+    return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
+            and conv.padding == (0, 0) and conv.groups == 1 and conv.in_channels == c_in
+            and (c_out is None or conv.out_channels == c_out))
+
+
+def _acts_as_hard_swish(act) -> bool:
+    """CA's activation, checked by what it computes (any module name): x·relu6(x+3)/6."""
+    if not isinstance(act, nn.Module) or any(True for _ in act.parameters()):
+        return False
+    probe = torch.linspace(-8, 8, 161, dtype=torch.float64)
+    try:
+        with torch.no_grad():
+            return torch.allclose(act(probe.clone()), hard_swish(probe), rtol=1e-12, atol=1e-12)
+    except Exception:  # noqa: BLE001 - an activation that cannot take a float64 vector is not h-swish
+        return False
+
+
+def block_reason(block: nn.Module) -> str | None:
+    expand, mixed, ca, project = (getattr(block, n) for n in PARTS)
+    for part, names in ((expand, ("conv", "bn", "prelu")), (project, ("conv", "bn"))):
+        if not all(isinstance(getattr(part, n, None), nn.Module) for n in names):
+            return f"{'conv' if part is expand else 'project'} is not a block of {', '.join(names)}"
+        reason = foldable_reason(part.conv, part.bn)
+        if reason:
+            return reason
+    c_in, groups = expand.conv.in_channels, expand.conv.out_channels
+    if not _one_by_one(expand.conv, c_in):
+        return "conv.conv is not a 1×1 convolution"
+    if type(expand.prelu) is not nn.PReLU or expand.prelu.num_parameters not in (1, groups):
+        return f"conv.prelu is not a PReLU over {groups} channels"
+    convs = getattr(mixed, "mixed_depthwise_conv", None)
+    split = list(getattr(mixed, "split_channels", []))
+    if not isinstance(convs, nn.ModuleList) or len(convs) == 0 or len(split) != len(convs) or sum(split) != groups:
+        return f"conv_dw has no mixed_depthwise_conv over split_channels summing to {groups}"
+    stride = convs[0].stride if isinstance(convs[0], nn.Conv2d) else None
+    for conv, c in zip(convs, split):
+        k = conv.kernel_size[0] if isinstance(conv, nn.Conv2d) else 0
+        if not (isinstance(conv, nn.Conv2d) and conv.groups == conv.in_channels == conv.out_channels == c
+                and conv.kernel_size == (k, k) and k % 2 == 1 and conv.padding == (k // 2, k // 2)
+                and conv.dilation == (1, 1) and conv.stride == stride and stride[0] == stride[1]
+                and conv.padding_mode == "zeros"):
+            return "conv_dw's convs are not depthwise, odd, square, same-padded, of one stride"
+    mip = getattr(getattr(ca, "conv1", None), "out_channels", None)
+    if not (_one_by_one(getattr(ca, "conv1", None), groups) and type(getattr(ca, "bn1", None)) is nn.BatchNorm2d
+            and ca.bn1.num_features == mip and ca.bn1.running_mean is not None
+            and all(_one_by_one(getattr(ca, n, None), mip, groups) for n in ("conv2", "conv3"))):
+        return "CA is not coordinate attention (1×1 conv1 + bn1, conv2, conv3)"
+    if not _acts_as_hard_swish(getattr(ca, "relu", None)):
+        return "CA.relu does not compute h-swish"
+    if not _one_by_one(project.conv, groups):
+        return "project.conv is not a 1×1 convolution"
+    residual = getattr(block, "residual", None)
+    if not isinstance(residual, bool):
+        return "no boolean `residual`"
+    if residual and (project.conv.out_channels != c_in or stride != (1, 1)):
+        return "a residual block that changes shape"
+    return None
+
+
+class FusedMixDepthwise(FusedUnit):
+    pattern = "mix_depthwise"
+
+    def __init__(self, name: str, block: nn.Module, **kw):
+        super().__init__({name: block}, **kw)
+        self.block = block
+
+    def fold(self, device):
+        blk, ca, dt = self.block, self.block.CA, self.dtype
+
+        def runner(part):
+            w, b = fold_batchnorm(part.conv.weight, part.conv.bias, part.bn)
+            return ConvRunner.like(part.conv, w.to(device, dt), b.to(device, dt))
+
+        groups = blk.conv.conv.out_channels
+        convs = blk.conv_dw.mixed_depthwise_conv
+        bias = None if all(c.bias is None for c in convs) else torch.cat([layer_bias(c) for c in convs]).to(device, dt)
+        mixed = MixedDepthwise([c.weight.detach().to(device, dt) for c in convs], bias, convs[0].stride[0],
+                               blk.conv.prelu.weight.detach().expand(groups).to(device, dt))
+        w1, b1 = fold_batchnorm(ca.conv1.weight, ca.conv1.bias, ca.bn1)
+        gate = CoordinateAttention(*(t.to(device, dt) for t in (
+            w1.flatten(1), b1, ca.conv2.weight.flatten(1), layer_bias(ca.conv2),
+            ca.conv3.weight.flatten(1), layer_bias(ca.conv3))))
+        return {"expand": runner(blk.conv), "mixed": mixed, "gate": gate, "project": runner(blk.project)}
+
+    def forward(self, x):
+        f, ex = self.folded(x.device), self.conv_executor()
+        x = x.to(self.dtype)
+        residual = x if self.block.residual else None
+        if ex == "aten" or LIBRARY.unavailable_reason():
+            u = f["expand"].run(x, executor="aten")
+            y = f["gate"].run_torch(f["mixed"].run_torch(u))
+            return f["project"].run(y, residual=residual, executor="aten")
+        u = f["expand"].direct(x)  # a fresh map: the C pass applies the PReLU to it in place
+        y = f["gate"].run_c(f["mixed"].run_c(u))
+        return f["project"].direct(y, residual=residual)
+
+    def notes(self, executors):
+        reason = LIBRARY.unavailable_reason() if set(executors) & set(ONEDNN_EXECUTORS) else None
+        return [f"the depthwise C kernels are unavailable ({reason}): {self.pattern} blocks run their folded "
+                "weights as torch ops"] if reason else []
+
+    def reference(self, modules, x):
+        return modules[0](x)
+
+    def install(self, model):
+        self.install_forward(self.block, f"{self.block._get_name()}[fused: {self.pattern}]")
+
+
+class MixDepthwisePattern:
+    name = "mix_depthwise"
+
+    def find(self, model: nn.Module, claimed: set[str], **kw):
+        found = []
+        for name, module in model.named_modules():
+            if not name or not all(isinstance(getattr(module, n, None), nn.Module) for n in PARTS):
+                continue
+            if is_claimed(name, claimed):
+                continue
+            reason = block_reason(module)
+            found.append(Skip(self.name, name, reason) if reason else FusedMixDepthwise(name, module, **kw))
+        return found

@@ -1,0 +1,168 @@
+"""MHAN's mobile blocks on CPU: the C passes (mixed depthwise conv with PReLU, coordinate attention)
+and their torch form against float64, and the fused block inside optimize().
+
+Tolerance: the engine's fp32 budget (engine/verify.py), 4 × the fp32 torch computation's own error
+against float64 + 1e-6: the C loops sum the same products in another order, which errs like the
+original does."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ferfuse.engine import depthwise, optimize, report
+from ferfuse.engine.depthwise import CoordinateAttention, MixedDepthwise
+from ferfuse.engine.patterns import mix_depthwise
+from ferfuse.models import randomize_batchnorm
+from ferfuse.models.mixed_feature_net import Conv_block, CoordAtt, Mix_Depth_Wise
+from helpers import assert_close, rel_error
+
+pytestmark = pytest.mark.skipif(depthwise.LIBRARY.unavailable_reason() is not None,
+                                reason=f"depthwise C kernels not built: {depthwise.LIBRARY.unavailable_reason()}")
+
+
+def _budget(fp32: torch.Tensor, f64: torch.Tensor) -> float:
+    return 4 * rel_error(fp32, f64) + 1e-6
+
+
+def _mixed_reference(x, kernels, bias, stride, prelu):
+    """The upstream MDConv: split the channels, one depthwise conv per group, concatenate."""
+    if prelu is not None:
+        x = F.prelu(x, prelu.to(x.dtype))
+    parts = torch.split(x, [k.shape[0] for k in kernels], dim=1)
+    biases = [None] * len(kernels) if bias is None else torch.split(bias, [k.shape[0] for k in kernels])
+    return torch.cat([F.conv2d(p, k.to(x.dtype), None if b is None else b.to(x.dtype), stride, k.shape[-1] // 2, 1,
+                               k.shape[0]) for p, k, b in zip(parts, kernels, biases)], dim=1)
+
+
+# (batch, channels per group, kernel per group, H, W, stride, PReLU, bias): odd sizes, batch 1,
+# one group, MHAN's 3/5/7/9 groups at stride 2 on a map whose size stride 2 does not divide
+MIXED = [
+    (1, (5, 3), (3, 5), 9, 7, 1, True, False),
+    (3, (16, 8, 8), (3, 5, 7), 14, 14, 2, True, True),
+    (2, (4, 4, 4, 5), (3, 5, 7, 9), 13, 11, 2, False, True),
+    (1, (17,), (3,), 7, 7, 1, True, False),
+]
+
+
+@pytest.mark.parametrize("case", MIXED, ids=[f"b{c[0]}-k{'-'.join(map(str, c[2]))}-{c[3]}x{c[4]}-s{c[5]}" for c in MIXED])
+def test_mixed_depthwise_matches_float64(case, gen, poisoned_empty):
+    n, channels, sizes, h, w, stride, with_prelu, with_bias = case
+    c = sum(channels)
+    kernels = [torch.randn(ch, 1, k, k, generator=gen) / k for ch, k in zip(channels, sizes)]
+    bias = torch.randn(c, generator=gen) if with_bias else None
+    prelu = torch.rand(c, generator=gen) * 0.5 if with_prelu else None
+    x = torch.randn(n, c, h, w, generator=gen)
+    expected = _mixed_reference(x.double(), kernels, bias, stride, prelu)
+    fp32 = _mixed_reference(x, kernels, bias, stride, prelu)
+    op = MixedDepthwise(kernels, bias, stride, prelu)
+    assert op.out_size(h, w) == tuple(expected.shape[2:])
+    got = op.run_c(x.clone().contiguous(memory_format=torch.channels_last))
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert_close(got, expected, _budget(fp32, expected), "C mixed depthwise")
+    # the torch form: one depthwise conv of the zero-padded, centred kernels
+    assert_close(op.run_torch(x), expected, _budget(fp32, expected), "merged depthwise conv")
+
+
+def test_mixed_depthwise_takes_any_layout_without_touching_a_copy(gen):
+    """A non-contiguous input is copied to channels-last first; the PReLU then runs on the copy."""
+    kernels = [torch.randn(6, 1, 3, 3, generator=gen), torch.randn(2, 1, 5, 5, generator=gen)]
+    prelu = torch.full((8,), 0.25)
+    op = MixedDepthwise(kernels, None, 1, prelu)
+    x = torch.randn(2, 8, 10, 12, generator=gen)[:, :, 1:, 2:]  # a slice: neither layout
+    before = x.clone()
+    expected = _mixed_reference(x.double(), kernels, None, 1, prelu)
+    assert_close(op.run_c(x), expected, _budget(_mixed_reference(x, kernels, None, 1, prelu), expected))
+    assert torch.equal(x, before)
+
+
+def _coord_att(c, gen):
+    ca = randomize_batchnorm(CoordAtt(c, c), seed=int(torch.randint(1000, (1,), generator=gen)))
+    return ca.eval()
+
+
+def _folded_gate(ca):
+    from ferfuse.engine.algebra import fold_batchnorm, layer_bias
+
+    w1, b1 = fold_batchnorm(ca.conv1.weight, ca.conv1.bias, ca.bn1)
+    return CoordinateAttention(w1.flatten(1).float(), b1.float(), ca.conv2.weight.flatten(1), layer_bias(ca.conv2).float(),
+                               ca.conv3.weight.flatten(1), layer_bias(ca.conv3).float())
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 7, 7), (3, 40, 5, 9), (2, 256, 14, 14)], ids=str)
+def test_coordinate_attention_matches_float64(shape, gen, poisoned_empty):
+    ca = _coord_att(shape[1], gen)
+    y = torch.randn(*shape, generator=gen)
+    with torch.no_grad():
+        expected = copy.deepcopy(ca).double()(y.double())
+        fp32 = ca(y)
+    gate = _folded_gate(ca)
+    tol = _budget(fp32, expected)
+    assert_close(gate.run_c(y.clone().contiguous(memory_format=torch.channels_last)), expected, tol, "C coordinate attention")
+    assert_close(gate.run_torch(y), expected, tol, "torch coordinate attention")
+
+
+def _trunk():
+    """A MixedFeatureNet-shaped trunk: a stride-2 block with 3/5/7 groups, then a residual one."""
+    return nn.Sequential(
+        Conv_block(3, 16, kernel=(3, 3), stride=(2, 2), padding=(1, 1)),
+        Mix_Depth_Wise(16, 24, stride=(2, 2), groups=48, kernel_size=(3, 5, 7), split_out_channels=(16, 16, 16)),
+        Mix_Depth_Wise(24, 24, residual=True, stride=(1, 1), groups=64, kernel_size=(3, 5),
+                       split_out_channels=(48, 16)),
+    )
+
+
+@pytest.mark.parametrize("executor", ["onednn", "aten"])
+def test_fused_blocks_match_float64_at_every_batch(executor, gen):
+    model = randomize_batchnorm(_trunk(), seed=3).eval()
+    reference = copy.deepcopy(model).double()
+    optimize(model, executor=executor, example_inputs=(torch.randn(2, 3, 45, 45, generator=gen),), strict=True)
+    rep = report(model)
+    assert [e.modules for e in rep.fused if e.pattern == "mix_depthwise"] == [["1"], ["2"]]
+    assert not rep.reverted
+    for x in (torch.randn(1, 3, 45, 45, generator=gen), torch.randn(5, 3, 32, 40, generator=gen),
+              torch.randn(3, 3, 33, 33, generator=gen).contiguous(memory_format=torch.channels_last)):
+        with torch.no_grad():
+            expected = reference(x.double())
+            fp32 = copy.deepcopy(reference).float()(x)
+            got = model(x)
+        assert_close(got, expected, _budget(fp32, expected), f"{executor} trunk at {tuple(x.shape)}")
+
+
+def test_not_h_swish_is_skipped_with_its_reason():
+    model = randomize_batchnorm(_trunk(), seed=3).eval()
+    model[2].CA.relu = nn.ReLU()
+    optimize(model, example_inputs=(torch.randn(1, 3, 32, 32),))
+    rep = report(model)
+    assert any(s.module == "2" and "h-swish" in s.reason for s in rep.skipped)
+    assert not any(s.module == "1" for s in rep.skipped)
+
+
+def test_corrupted_fold_is_reverted(monkeypatch):
+    """A folded bias off by 1e-3 relative: verification sees it and reverts that unit."""
+    model = randomize_batchnorm(_trunk(), seed=3).eval()
+    fold = mix_depthwise.FusedMixDepthwise.fold
+
+    def corrupt(self, device):
+        f = fold(self, device)
+        if self.names() == ["2"]:
+            f["project"].bias = f["project"].bias * (1 + 1e-3)
+        return f
+
+    monkeypatch.setattr(mix_depthwise.FusedMixDepthwise, "fold", corrupt)
+    optimize(model, example_inputs=(torch.randn(2, 3, 32, 32),))
+    assert [entry.modules for entry, _ in report(model).reverted] == [["2"]]
+
+
+def test_without_a_compiler_blocks_run_as_torch_ops_and_the_report_says_so(monkeypatch, gen):
+    monkeypatch.setattr(depthwise.LIBRARY, "unavailable_reason", lambda: "no C compiler (cc: not found)")
+    model = randomize_batchnorm(_trunk(), seed=3).eval()
+    reference = copy.deepcopy(model).double()
+    optimize(model, executor="onednn", example_inputs=(torch.randn(2, 3, 32, 32),), strict=True)
+    assert any("depthwise C kernels are unavailable (no C compiler" in n for n in report(model).notes)
+    x = torch.randn(2, 3, 32, 32, generator=gen)
+    with torch.no_grad():
+        expected = reference(x.double())
+        fp32 = copy.deepcopy(reference).float()(x)
+        assert_close(model(x), expected, _budget(fp32, expected))
