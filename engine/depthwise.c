@@ -1,8 +1,9 @@
-/* Depthwise convolution and the attention gate after it, for the mobile blocks of FER trunks
- * (MHAN's Mix_Depth_Wise: 1x1 expand + PReLU, mixed depthwise conv, coordinate attention, 1x1
- * project). The 1x1 convolutions are GEMMs and run on oneDNN (engine/depthwise.py); what is left
- * between them is ~20 small torch ops per block on maps of a few hundred kilobytes, so it runs here
- * as two passes over channels-last maps that stay in cache.
+/* Depthwise convolution and the attention gate after it, for the mobile blocks of FER trunks:
+ * MHAN's Mix_Depth_Wise (1x1 expand + PReLU, mixed depthwise conv, coordinate attention, 1x1
+ * project) and EfficientNet's MBConv in HAFEM (1x1 expand + SiLU, depthwise conv + SiLU,
+ * squeeze-and-excitation, 1x1 project). The 1x1 convolutions are GEMMs and run on oneDNN
+ * (engine/depthwise.py); what is left between them is ~10-25 small torch ops per block, so it runs
+ * here as two passes over channels-last maps.
  *
  * Layouts (all channels-last, float32):
  *   x: B x H x W x C            the depthwise conv's input
@@ -18,6 +19,49 @@
 #define INLINE static inline __attribute__((always_inline))
 
 #define L 16 /* channels per accumulator block: two AVX2 or one AVX-512 vector of floats */
+
+/* The sigmoid in a form the compiler vectorises (glibc's expf is a scalar call, and with ~60 000
+ * gates per block at batch 8 it was half of coordinate attention's time): e^-v = 2^n e^r with
+ * n = round(-v / ln 2), |r| <= ln(2)/2 and e^r its degree-7 Taylor polynomial (truncation < 2e-9,
+ * so the result is within a few ulp of expf). -v is clamped to [-87, 88], where the sigmoid is 0
+ * or 1 to float precision; NaN passes through. */
+INLINE float sigmoid(float v) {
+    float x = -v;
+    x = x == x ? x : 0.f;
+    x = x < -87.f ? -87.f : (x > 88.f ? 88.f : x);
+    float n = floorf(x * 1.44269504088896341f + 0.5f);
+    float r = (x - n * 0.693145751953125f) - n * 1.4286068203e-06f;  /* ln 2 in two parts */
+    float p = 1.f / 5040.f;
+    p = p * r + 1.f / 720.f;
+    p = p * r + 1.f / 120.f;
+    p = p * r + 1.f / 24.f;
+    p = p * r + 1.f / 6.f;
+    p = p * r + 0.5f;
+    p = p * r + 1.f;
+    p = p * r + 1.f;
+    union { int32_t i; float f; } scale = {.i = ((int32_t)n + 127) << 23};
+    float result = 1.f / (1.f + p * scale.f);
+    return v == v ? result : v;
+}
+
+INLINE float hard_swish(float v) {
+    float r = v + 3.f;
+    r = r < 0.f ? 0.f : (r > 6.f ? 6.f : r);
+    return v * (r / 6.f);
+}
+
+/* The activations of the gates' hidden layers, by code (engine/depthwise.py ACTIVATIONS). */
+enum { ACT_SILU = 1, ACT_HARD_SWISH = 2, ACT_RELU = 3 };
+
+INLINE float activate(float v, int act) {
+    switch (act) {
+    case ACT_SILU: return v * sigmoid(v);
+    case ACT_HARD_SWISH: return hard_swish(v);
+    case ACT_RELU: return v < 0.f ? 0.f : v;  /* NaN stays NaN, as torch.relu */
+    default: return v;  /* no other code is passed */
+    }
+}
+
 
 /* One output pixel's `lanes` channels from c: the k x k taps of its group that fall inside the
  * map, summed in registers (acc), then stored once. Called with lanes == L (a constant the compiler
@@ -90,19 +134,16 @@ void mixed_depthwise(float *x, const float *w, const float *bias, const float *p
         const float *xb = x + (int64_t)b * H * W * C;
         for (int g = 0; g < groups; g++) {
             int k = ksize[g], c0 = start[g], c1 = start[g + 1], iy0 = oy * stride - k / 2;
-            int ox = 0;
-            for (; ox < Wo; ox++) {
+            for (int ox = 0; ox < Wo; ox++) {
                 int ix0 = ox * stride - k / 2;
                 float *out = y + (r * Wo + ox) * C;
+                int c = c0;
                 if (ix0 >= 0 && ox + P <= Wo && ix0 + (P - 1) * stride + k <= W) {  /* P pixels, no column padding */
-                    int c = c0;
-                    for (; c + L <= c1; c += L)
-                        depthwise_pixels(xb, w, bias, out, H, W, C, K, k, iy0, ix0, stride, c, L);
+                    for (; c + L <= c1; c += L) depthwise_pixels(xb, w, bias, out, H, W, C, K, k, iy0, ix0, stride, c, L);
                     if (c < c1) depthwise_pixels(xb, w, bias, out, H, W, C, K, k, iy0, ix0, stride, c, c1 - c);
                     ox += P - 1;
                     continue;
                 }
-                int c = c0;
                 for (; c + L <= c1; c += L) depthwise_pixel(xb, w, bias, out, H, W, C, K, k, iy0, ix0, c, L);
                 if (c < c1) depthwise_pixel(xb, w, bias, out, H, W, C, K, k, iy0, ix0, c, c1 - c);
             }
@@ -110,41 +151,12 @@ void mixed_depthwise(float *x, const float *w, const float *bias, const float *p
     }
 }
 
-/* The sigmoid in a form the compiler vectorises (glibc's expf is a scalar call, and with ~60 000
- * gates per block at batch 8 it was half of coordinate attention's time): e^-v = 2^n e^r with
- * n = round(-v / ln 2), |r| <= ln(2)/2 and e^r its degree-7 Taylor polynomial (truncation < 2e-9,
- * so the result is within a few ulp of expf). -v is clamped to [-87, 88], where the sigmoid is 0
- * or 1 to float precision; NaN passes through. */
-INLINE float sigmoid(float v) {
-    float x = -v;
-    x = x == x ? x : 0.f;
-    x = x < -87.f ? -87.f : (x > 88.f ? 88.f : x);
-    float n = floorf(x * 1.44269504088896341f + 0.5f);
-    float r = (x - n * 0.693145751953125f) - n * 1.4286068203e-06f;  /* ln 2 in two parts */
-    float p = 1.f / 5040.f;
-    p = p * r + 1.f / 720.f;
-    p = p * r + 1.f / 120.f;
-    p = p * r + 1.f / 24.f;
-    p = p * r + 1.f / 6.f;
-    p = p * r + 0.5f;
-    p = p * r + 1.f;
-    p = p * r + 1.f;
-    union { int32_t i; float f; } scale = {.i = ((int32_t)n + 127) << 23};
-    float result = 1.f / (1.f + p * scale.f);
-    return v == v ? result : v;
-}
-
-INLINE float hard_swish(float v) {
-    float r = v + 3.f;
-    r = r < 0.f ? 0.f : (r > 6.f ? 6.f : r);
-    return v * (r / 6.f);
-}
-
-/* One position's gate: a = sigmoid(w2t^T hswish(w1 m + b1) + b2), m and a of C channels.
- * w1: mip x C (row per hidden unit), w2t: mip x C (transposed, so the last loop runs over C). */
-static void coordinate_gate(const float *m, float *a, int C, int mip, const float *w1, const float *b1,
-                            const float *w2t, const float *b2, float *z) {
-    for (int j = 0; j < mip; j++) {
+/* One gate: a = sigmoid(w2t^T act(w1 m + b1) + b2), m and a of C channels (a may be m: m is read
+ * whole before a is written). w1: hidden x C (row per hidden unit), w2t: hidden x C (transposed,
+ * so the last loops run over C). */
+static void gate_mlp(const float *m, float *a, int C, int hidden, const float *w1, const float *b1,
+                     const float *w2t, const float *b2, int act, float *z) {
+    for (int j = 0; j < hidden; j++) {
         /* L partial sums, one per lane, added at the end: a single running sum is a chain of C
          * dependent scalar adds, which IEEE order (no -ffast-math) forbids the compiler to split */
         float part[L] = {0.f}, s = b1[j];
@@ -154,10 +166,10 @@ static void coordinate_gate(const float *m, float *a, int C, int mip, const floa
             for (int l = 0; l < L; l++) part[l] += wj[c + l] * m[c + l];
         for (; c < C; c++) s += wj[c] * m[c];
         for (int l = 0; l < L; l++) s += part[l];
-        z[j] = hard_swish(s);
+        z[j] = activate(s, act);
     }
     for (int c = 0; c < C; c++) a[c] = b2[c];
-    for (int j = 0; j < mip; j++) {
+    for (int j = 0; j < hidden; j++) {
         const float *wj = w2t + (int64_t)j * C;
         for (int c = 0; c < C; c++) a[c] += wj[c] * z[j];
     }
@@ -193,8 +205,8 @@ void coordinate_attention(float *y, int B, int H, int W, int C, int mip, const f
     for (int64_t p = 0; p < positions; p++) {  /* each mean becomes its gate: read whole, then written */
         int i = (int)(p % (H + W));
         float *m = gates + p * C, z[mip];
-        if (i < H) coordinate_gate(m, m, C, mip, w1, b1, w2t, b2, z);
-        else coordinate_gate(m, m, C, mip, w1, b1, w3t, b3, z);
+        if (i < H) gate_mlp(m, m, C, mip, w1, b1, w2t, b2, ACT_HARD_SWISH, z);
+        else gate_mlp(m, m, C, mip, w1, b1, w3t, b3, ACT_HARD_SWISH, z);
     }
     int64_t rows = (int64_t)B * H;
     _Pragma("omp parallel for num_threads(threads) schedule(static)")
@@ -206,5 +218,34 @@ void coordinate_attention(float *y, int B, int H, int W, int C, int mip, const f
             float *out = y + (r * W + x) * C;
             for (int c = 0; c < C; c++) out[c] = out[c] * aw[c] * ah[c];
         }
+    }
+}
+
+/* Squeeze-and-excitation (Hu et al., CVPR 2018) applied in place, as EfficientNet's MBConv has it:
+ * s = sigmoid(w2 act(w1 GAP(y) + b1) + b2) per sample, y = y * s. scratch: B*C floats. */
+void squeeze_excite(float *y, int B, int HW, int C, int hidden, const float *w1, const float *b1, const float *w2t,
+                    const float *b2, int act, float *scratch, int threads) {
+    int blocks = (C + L - 1) / L;
+    int64_t tasks = (int64_t)B * blocks;
+    _Pragma("omp parallel for num_threads(threads) schedule(static)")
+    for (int64_t t = 0; t < tasks; t++) {  /* GAP, one block of channels of one sample per task */
+        int b = (int)(t / blocks), c0 = (int)(t % blocks) * L, lanes = C - c0 < L ? C - c0 : L;
+        float sum[L] = {0.f};
+        const float *yb = y + (int64_t)b * HW * C + c0;
+        for (int64_t p = 0; p < HW; p++)
+            for (int l = 0; l < lanes; l++) sum[l] += yb[p * C + l];
+        for (int l = 0; l < lanes; l++) scratch[(int64_t)b * C + c0 + l] = sum[l] / (float)HW;
+    }
+    _Pragma("omp parallel for num_threads(threads) schedule(static)")
+    for (int b = 0; b < B; b++) {
+        float z[hidden];
+        gate_mlp(scratch + (int64_t)b * C, scratch + (int64_t)b * C, C, hidden, w1, b1, w2t, b2, act, z);
+    }
+    int64_t pixels = (int64_t)B * HW;
+    _Pragma("omp parallel for num_threads(threads) schedule(static)")
+    for (int64_t p = 0; p < pixels; p++) {
+        const float *restrict s = scratch + (p / HW) * C;
+        float *restrict out = y + p * C;
+        for (int c = 0; c < C; c++) out[c] = out[c] * s[c];
     }
 }

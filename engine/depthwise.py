@@ -1,10 +1,12 @@
-"""The middle of a mobile block on CPU: mixed depthwise convolution (with the PReLU before it) and
-coordinate attention, as two C passes over channels-last maps (depthwise.c); the 1×1 expand and
-project convolutions around them run on oneDNN (engine/patterns/mix_depthwise.py).
+"""The middle of a mobile block on CPU: a (mixed) depthwise convolution with the activation around
+it, then its attention gate (coordinate attention or squeeze-and-excitation), as two C passes over
+channels-last maps (depthwise.c); the 1×1 expand and project convolutions around them run on oneDNN
+(engine/patterns/mix_depthwise.py for MHAN, mbconv.py for EfficientNet).
 
 MHAN's trunk is 34 such blocks on maps of 28×28 to 7×7: as torch ops each block is ~25 calls
 (split, a conv per kernel size, cat, two means, cat, three 1×1 convs, h-swish, two sigmoids, two
-products, ...), each too small to amortise its dispatch; here it is two calls.
+products, ...), each too small to amortise its dispatch; here it is two calls. EfficientNet-B5's
+39 MBConv blocks are fewer ops but larger maps, where one pass less over a map counts.
 
 `MixedDepthwise.kernel` is the mixed conv as one depthwise conv: each channel group's k×k kernel
 zero-padded to the largest size K and centred, exactly the group's conv (a k×k kernel with padding
@@ -25,6 +27,7 @@ def _declare(lib):
     i, p = ctypes.c_int, ctypes.c_void_p
     lib.mixed_depthwise.argtypes = [p, p, p, p, p, i, i, i, i, i, i, i, i, i, p, p, i]
     lib.coordinate_attention.argtypes = [p, i, i, i, i, i, p, p, p, p, p, p, p, i]
+    lib.squeeze_excite.argtypes = [p, i, i, i, i, p, p, p, p, i, p, i]
 
 
 LIBRARY = native.Library(SOURCE, _declare)
@@ -35,13 +38,17 @@ def hard_swish(x: torch.Tensor) -> torch.Tensor:
     return x * (F.relu6(x + 3) / 6)
 
 
+# the activations of the gates' hidden layers (depthwise.c's ACT_* codes) and their torch form
+ACTIVATIONS = {"silu": (1, F.silu), "hard_swish": (2, hard_swish), "relu": (3, torch.relu)}
+
+
 class MixedDepthwise:
     """Depthwise convolution whose channel groups have their own odd square kernels (MixConv, Tan &
     Le 2019), stride `stride`, padding k/2, optional bias; `prelu` slopes (one per channel) are
     applied to the input first."""
 
     def __init__(self, kernels: list[torch.Tensor], bias: torch.Tensor | None, stride: int,
-                 prelu: torch.Tensor | None):
+                 prelu: torch.Tensor | None = None):
         sizes = [k.shape[-1] for k in kernels]
         self.size, self.stride = max(sizes), stride
         channels = sum(k.shape[0] for k in kernels)
@@ -69,7 +76,8 @@ class MixedDepthwise:
 
     @torch.compiler.disable  # the C pass writes through raw pointers, which a compiler cannot see
     def run_c(self, x: torch.Tensor) -> torch.Tensor:
-        """The C pass on a float32 CPU map; x must be the caller's own (the PReLU is applied to it in place)."""
+        """The C pass on a float32 CPU map; x must be the caller's own: the PReLU is applied to it in
+        place (to its channels-last copy where it is not channels-last)."""
         n, c, h, w = x.shape
         x = x.contiguous(memory_format=torch.channels_last)
         ho, wo = self.out_size(h, w)
@@ -105,9 +113,37 @@ class CoordinateAttention:
     @torch.compiler.disable
     def run_c(self, y: torch.Tensor) -> torch.Tensor:
         """In place on a channels-last float32 CPU map (the caller's own); returns it."""
+        if not y.is_contiguous(memory_format=torch.channels_last):
+            raise ValueError("coordinate attention's C pass runs in place on a channels-last map")
         n, c, h, w = y.shape
         scratch = torch.empty(n * (h + w) * c)
         w1, b1, w2t, b2, w3t, b3 = (native.ptr(t) for t in self.packed)
         LIBRARY.get().coordinate_attention(native.ptr(y), n, h, w, c, self.w1.shape[0], w1, b1, w2t, b2, w3t, b3,
                                            native.ptr(scratch), torch.get_num_threads())
+        return y
+
+
+class SqueezeExcite:
+    """Squeeze-and-excitation as EfficientNet's MBConv has it: s = σ(w2·act(w1·GAP(y) + b1) + b2)
+    per sample, out = s·y; w1: hidden×C, w2: C×hidden."""
+
+    def __init__(self, w1, b1, w2, b2, act: str):
+        self.w1, self.b1, self.w2, self.b2, self.act = w1, b1, w2, b2, act
+        self.packed = [t.float().contiguous() for t in (w1, b1, w2.t(), b2)]  # w2ᵀ: hidden×C
+
+    def run_torch(self, y: torch.Tensor) -> torch.Tensor:
+        w1, b1, w2, b2 = (t.to(y.dtype) for t in (self.w1, self.b1, self.w2, self.b2))
+        z = ACTIVATIONS[self.act][1](F.linear(y.mean((2, 3)), w1, b1))
+        return torch.sigmoid(F.linear(z, w2, b2))[:, :, None, None] * y
+
+    @torch.compiler.disable
+    def run_c(self, y: torch.Tensor) -> torch.Tensor:
+        """In place on a channels-last float32 CPU map (the caller's own); returns it."""
+        if not y.is_contiguous(memory_format=torch.channels_last):
+            raise ValueError("squeeze-excite's C pass runs in place on a channels-last map")
+        n, c, h, w = y.shape
+        scratch = torch.empty(n * c)
+        w1, b1, w2t, b2 = (native.ptr(t) for t in self.packed)
+        LIBRARY.get().squeeze_excite(native.ptr(y), n, h * w, c, self.w1.shape[0], w1, b1, w2t, b2,
+                                     ACTIVATIONS[self.act][0], native.ptr(scratch), torch.get_num_threads())
         return y

@@ -25,8 +25,9 @@ def all_patterns():
     from .dan_heads import DANHeadsPattern
     from .maca_heads import MACAHeadsPattern
     from .mhan import MHANPattern
+    from .mbconv import MBConvPattern
     from .mix_depthwise import MixDepthwisePattern
     from .resnet_block import ResNetBlockPattern
 
     return [MACAHeadsPattern(), DANHeadsPattern(), MHANPattern(), CBAMPattern(), MixDepthwisePattern(),
-            ResNetBlockPattern(), ConvBNPattern()]
+            MBConvPattern(), ResNetBlockPattern(), ConvBNPattern()]

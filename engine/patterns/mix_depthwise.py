@@ -16,11 +16,11 @@ import torch
 import torch.nn as nn
 
 from ..algebra import fold_batchnorm, layer_bias
-from ..depthwise import LIBRARY, CoordinateAttention, MixedDepthwise, hard_swish
-from ..executors import ONEDNN_EXECUTORS, ConvRunner
-from ..fused import FusedUnit
+from ..depthwise import CoordinateAttention, MixedDepthwise, hard_swish
+from ..executors import ConvRunner
 from . import Skip, is_claimed
 from .conv_bn import foldable_reason
+from .mobile_block import MobileBlockUnit
 
 PARTS = ("conv", "conv_dw", "CA", "project")
 
@@ -85,12 +85,8 @@ def block_reason(block: nn.Module) -> str | None:
     return None
 
 
-class FusedMixDepthwise(FusedUnit):
+class FusedMixDepthwise(MobileBlockUnit):
     pattern = "mix_depthwise"
-
-    def __init__(self, name: str, block: nn.Module, **kw):
-        super().__init__({name: block}, **kw)
-        self.block = block
 
     def fold(self, device):
         blk, ca, dt = self.block, self.block.CA, self.dtype
@@ -111,27 +107,16 @@ class FusedMixDepthwise(FusedUnit):
         return {"expand": runner(blk.conv), "mixed": mixed, "gate": gate, "project": runner(blk.project)}
 
     def forward(self, x):
-        f, ex = self.folded(x.device), self.conv_executor()
+        f = self.folded(x.device)
         x = x.to(self.dtype)
         residual = x if self.block.residual else None
-        if ex == "aten" or LIBRARY.unavailable_reason():
+        if not self.runs_c():
             u = f["expand"].run(x, executor="aten")
             y = f["gate"].run_torch(f["mixed"].run_torch(u))
             return f["project"].run(y, residual=residual, executor="aten")
         u = f["expand"].direct(x)  # a fresh map: the C pass applies the PReLU to it in place
         y = f["gate"].run_c(f["mixed"].run_c(u))
         return f["project"].direct(y, residual=residual)
-
-    def notes(self, executors):
-        reason = LIBRARY.unavailable_reason() if set(executors) & set(ONEDNN_EXECUTORS) else None
-        return [f"the depthwise C kernels are unavailable ({reason}): {self.pattern} blocks run their folded "
-                "weights as torch ops"] if reason else []
-
-    def reference(self, modules, x):
-        return modules[0](x)
-
-    def install(self, model):
-        self.install_forward(self.block, f"{self.block._get_name()}[fused: {self.pattern}]")
 
 
 class MixDepthwisePattern:

@@ -1,5 +1,6 @@
-"""MHAN's mobile blocks on CPU: the C passes (mixed depthwise conv with PReLU, coordinate attention)
-and their torch form against float64, and the fused block inside optimize().
+"""Mobile blocks on CPU (MHAN's Mix_Depth_Wise, EfficientNet's MBConv): the C passes (mixed
+depthwise conv with PReLU or SiLU, coordinate attention, squeeze-and-excitation) and their torch
+form against float64, and the fused blocks inside optimize().
 
 Tolerance: the engine's fp32 budget (engine/verify.py), 4 × the fp32 torch computation's own error
 against float64 + 1e-6: the C loops sum the same products in another order, which errs like the
@@ -12,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ferfuse.engine import depthwise, optimize, report
-from ferfuse.engine.depthwise import CoordinateAttention, MixedDepthwise
+from ferfuse.engine.depthwise import ACTIVATIONS, CoordinateAttention, MixedDepthwise, SqueezeExcite
 from ferfuse.engine.patterns import mix_depthwise
 from ferfuse.models import randomize_batchnorm
 from ferfuse.models.mixed_feature_net import Conv_block, CoordAtt, Mix_Depth_Wise
@@ -37,12 +38,14 @@ def _mixed_reference(x, kernels, bias, stride, prelu):
 
 
 # (batch, channels per group, kernel per group, H, W, stride, PReLU, bias): odd sizes, batch 1,
-# one group, MHAN's 3/5/7/9 groups at stride 2 on a map whose size stride 2 does not divide
+# one group, MHAN's 3/5/7/9 groups at stride 2 on a map whose size stride 2 does not divide, 40
+# channels (two full blocks of 16 lanes and a tail)
 MIXED = [
     (1, (5, 3), (3, 5), 9, 7, 1, True, False),
     (3, (16, 8, 8), (3, 5, 7), 14, 14, 2, True, True),
     (2, (4, 4, 4, 5), (3, 5, 7, 9), 13, 11, 2, False, True),
     (1, (17,), (3,), 7, 7, 1, True, False),
+    (2, (40,), (5,), 15, 12, 1, True, True),
 ]
 
 
@@ -101,6 +104,28 @@ def test_coordinate_attention_matches_float64(shape, gen, poisoned_empty):
     tol = _budget(fp32, expected)
     assert_close(gate.run_c(y.clone().contiguous(memory_format=torch.channels_last)), expected, tol, "C coordinate attention")
     assert_close(gate.run_torch(y), expected, tol, "torch coordinate attention")
+
+
+@pytest.mark.parametrize("shape, act", [((1, 16, 7, 7), "silu"), ((3, 40, 5, 9), "relu"), ((2, 1152, 7, 7), "silu")],
+                         ids=str)
+def test_squeeze_excite_matches_float64(shape, act, gen, poisoned_empty):
+    c, hidden = shape[1], max(1, shape[1] // 24)
+    w1, b1 = torch.randn(hidden, c, generator=gen) / c ** 0.5, torch.randn(hidden, generator=gen)
+    w2, b2 = torch.randn(c, hidden, generator=gen) / hidden ** 0.5, torch.randn(c, generator=gen)
+    y = torch.randn(*shape, generator=gen)
+
+    def reference(y, dtype):  # torchvision's SqueezeExcitation: fc1, act, fc2, sigmoid, times the input
+        s = F.conv2d(y.to(dtype).mean((2, 3), keepdim=True), w1.to(dtype)[:, :, None, None], b1.to(dtype))
+        s = F.conv2d(ACTIVATIONS[act][1](s), w2.to(dtype)[:, :, None, None], b2.to(dtype))
+        return torch.sigmoid(s) * y.to(dtype)
+
+    expected, fp32 = reference(y, torch.float64), reference(y, torch.float32)
+    gate = SqueezeExcite(w1, b1, w2, b2, act)
+    tol = _budget(fp32, expected)
+    assert_close(gate.run_c(y.clone().contiguous(memory_format=torch.channels_last)), expected, tol, "C squeeze-excite")
+    assert_close(gate.run_torch(y), expected, tol, "torch squeeze-excite")
+    with pytest.raises(ValueError, match="channels-last"):
+        gate.run_c(y.clone())
 
 
 def _trunk():
@@ -166,3 +191,34 @@ def test_without_a_compiler_blocks_run_as_torch_ops_and_the_report_says_so(monke
         expected = reference(x.double())
         fp32 = copy.deepcopy(reference).float()(x)
         assert_close(model(x), expected, _budget(fp32, expected))
+
+
+def _efficientnet_stages():
+    """torchvision's own EfficientNet-B0 stem and first three stages: MBConv blocks with and
+    without an expand conv, 3×3 and 5×5, stride 1 and 2, with and without the residual."""
+    import torchvision
+
+    return randomize_batchnorm(torchvision.models.efficientnet_b0(weights=None).features[:4], seed=5).eval()
+
+
+@pytest.mark.parametrize("executor", ["onednn", "aten"])
+def test_fused_mbconv_blocks_match_float64(executor, gen):
+    model = _efficientnet_stages()
+    reference = copy.deepcopy(model).double()
+    optimize(model, executor=executor, example_inputs=(torch.randn(2, 3, 64, 64, generator=gen),), strict=True)
+    rep = report(model)
+    fused = [e.modules[0] for e in rep.fused if e.pattern == "mbconv"]
+    assert fused == ["1.0", "2.0", "2.1", "3.0", "3.1"] and not rep.reverted
+    for x in (torch.randn(1, 3, 64, 64, generator=gen), torch.randn(3, 3, 45, 37, generator=gen)):
+        with torch.no_grad():
+            expected = reference(x.double())
+            fp32 = copy.deepcopy(reference).float()(x)
+            got = model(x)
+        assert_close(got, expected, _budget(fp32, expected), f"{executor} EfficientNet stages at {tuple(x.shape)}")
+
+
+def test_mbconv_with_another_gate_is_skipped_with_its_reason():
+    model = _efficientnet_stages()
+    model[2][1].block[2].scale_activation = nn.Hardsigmoid()
+    optimize(model, example_inputs=(torch.randn(1, 3, 64, 64),))
+    assert any(s.module == "2.1" and "Sigmoid" in s.reason for s in report(model).skipped)

@@ -1,0 +1,140 @@
+"""EfficientNet's inverted-residual blocks (torchvision's MBConv: HAFEM's EfficientNet-B5 trunk),
+found by structure: a module with `block`, an nn.Sequential of
+- an optional 1×1 expand conv + BatchNorm2d + activation (Conv2dNormActivation),
+- a depthwise k×k conv + BatchNorm2d + activation,
+- squeeze-and-excitation (`avgpool`, `fc1`, `fc2`, `activation`, sigmoid `scale_activation`),
+- a 1×1 project conv + BatchNorm2d,
+and `use_res_connect` (x + block(x); `stochastic_depth` is the identity in eval mode).
+
+Folded (eval mode): every BatchNorm into its conv. On the oneDNN executors the block is four
+calls: the expand and depthwise convs on oneDNN with their activations in the epilogue (oneDNN's
+brdgmm depthwise kernel ran EfficientNet-B5's depthwise convs 1.3-3.7× faster than depthwise.c's
+loops on this AVX2 machine), one C pass for squeeze-and-excitation (GAP, the MLP, the gate applied
+in place; engine/depthwise.c) instead of six torch ops, and the project conv on oneDNN with the
+residual add in its epilogue. On aten (and CUDA, and export) the same folded weights run as torch
+ops.
+"""
+import torch
+import torch.nn as nn
+
+from ..algebra import fold_batchnorm, layer_bias
+from ..depthwise import SqueezeExcite
+from ..executors import ConvRunner
+from . import Skip, is_claimed
+from .conv_bn import foldable_reason
+from .mobile_block import MobileBlockUnit
+
+# activation modules the C passes apply (engine/depthwise.py ACTIVATIONS): EfficientNet's SiLU, ReLU
+_ACT_NAMES = {nn.SiLU: "silu", nn.ReLU: "relu"}
+
+
+def _act_name(module) -> str | None:
+    return None if module is None else _ACT_NAMES[type(module)]
+
+
+def _conv_norm_act(layer, what: str, depthwise: bool = False) -> str | None:
+    """Why `layer` is not Sequential(Conv2d, BatchNorm2d[, SiLU | ReLU]) of the expected kind."""
+    if not isinstance(layer, nn.Sequential) or len(layer) not in (2, 3):
+        return f"the {what} is not Sequential(conv, BatchNorm2d[, activation])"
+    conv, bn = layer[0], layer[1]
+    reason = foldable_reason(conv, bn)
+    if reason:
+        return f"the {what}: {reason}"
+    if len(layer) == 3 and type(layer[2]) not in _ACT_NAMES:
+        return f"the {what}'s activation is {type(layer[2]).__name__}, not SiLU or ReLU"
+    k = conv.kernel_size[0]
+    if depthwise:
+        if not (conv.groups == conv.in_channels == conv.out_channels and conv.kernel_size == (k, k) and k % 2 == 1
+                and conv.padding == (k // 2, k // 2) and conv.dilation == (1, 1) and conv.stride[0] == conv.stride[1]):
+            return f"the {what} is not a depthwise odd square same-padded conv"
+    elif not (conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1 and conv.padding == (0, 0)):
+        return f"the {what} is not a 1×1 conv"
+    return None
+
+
+def block_reason(module: nn.Module) -> str | None:
+    layers = list(module.block)
+    if len(layers) not in (3, 4):
+        return f"block has {len(layers)} layers, not [expand,] depthwise, squeeze-excite, project"
+    expand, (dw, se, project) = (layers[0] if len(layers) == 4 else None), layers[-3:]
+    checks = ([(expand, "expand conv", False)] if expand is not None else []) + [(dw, "depthwise conv", True)]
+    for layer, what, depthwise in checks:
+        reason = _conv_norm_act(layer, what, depthwise)
+        if reason:
+            return reason
+    reason = _conv_norm_act(project, "project conv")
+    if reason or len(project) != 2:
+        return reason or "the project conv has an activation"
+    c = dw[0].out_channels
+    fc1, fc2 = getattr(se, "fc1", None), getattr(se, "fc2", None)
+    if not (isinstance(getattr(se, "avgpool", None), nn.AdaptiveAvgPool2d) and se.avgpool.output_size in (1, (1, 1))
+            and isinstance(fc1, nn.Conv2d) and isinstance(fc2, nn.Conv2d) and fc1.kernel_size == fc2.kernel_size == (1, 1)
+            and fc1.groups == fc2.groups == 1 and fc1.in_channels == fc2.out_channels == c
+            and fc2.in_channels == fc1.out_channels):
+        return "no squeeze-excite (avgpool, fc1, fc2) over the depthwise conv's channels"
+    if type(getattr(se, "activation", None)) not in _ACT_NAMES or type(getattr(se, "scale_activation", None)) \
+            is not nn.Sigmoid:
+        return "squeeze-excite's activations are not SiLU/ReLU then Sigmoid"
+    residual = getattr(module, "use_res_connect", None)
+    if not isinstance(residual, bool):
+        return "no boolean use_res_connect"
+    c_in = (expand if expand is not None else dw)[0].in_channels
+    if residual and (project[0].out_channels != c_in or dw[0].stride != (1, 1)):
+        return "a residual block that changes shape"
+    return None
+
+
+class FusedMBConv(MobileBlockUnit):
+    pattern = "mbconv"
+
+    def __init__(self, name: str, block: nn.Module, **kw):
+        super().__init__(name, block, **kw)
+        layers = list(block.block)
+        self.expand = layers[0] if len(layers) == 4 else None
+        self.dw, self.se, self.project = layers[-3:]
+
+    def fold(self, device):
+        dt = self.dtype
+
+        def runner(layer):
+            w, b = fold_batchnorm(layer[0].weight, layer[0].bias, layer[1])
+            return ConvRunner.like(layer[0], w.to(device, dt), b.to(device, dt))
+
+        se = self.se
+        gate = SqueezeExcite(se.fc1.weight.flatten(1).to(device, dt), layer_bias(se.fc1).to(device, dt),
+                             se.fc2.weight.flatten(1).to(device, dt), layer_bias(se.fc2).to(device, dt),
+                             _act_name(se.activation))
+        out = {"dw": runner(self.dw), "se": gate, "project": runner(self.project)}
+        if self.expand is not None:
+            out["expand"] = runner(self.expand)
+        return out
+
+    def forward(self, x):
+        f = self.folded(x.device)
+        x = x.to(self.dtype)
+        residual = x if self.block.use_res_connect else None
+        expand_act = _act_name(self.expand[2] if self.expand is not None and len(self.expand) == 3 else None)
+        dw_act = _act_name(self.dw[2] if len(self.dw) == 3 else None)
+        if not self.runs_c():
+            u = f["expand"].run(x, act=expand_act, executor="aten") if "expand" in f else x
+            y = f["se"].run_torch(f["dw"].run(u, act=dw_act, executor="aten"))
+            return f["project"].run(y, residual=residual, executor="aten")
+        u = f["expand"].direct(x, act=expand_act) if "expand" in f else x
+        y = f["dw"].direct(u, act=dw_act).contiguous(memory_format=torch.channels_last)
+        return f["project"].direct(f["se"].run_c(y), residual=residual)  # the gate is applied to y in place
+
+
+class MBConvPattern:
+    name = "mbconv"
+
+    def find(self, model: nn.Module, claimed: set[str], **kw):
+        found = []
+        for name, module in model.named_modules():
+            if not name or not isinstance(getattr(module, "block", None), nn.Sequential) \
+                    or not hasattr(module, "use_res_connect"):
+                continue
+            if is_claimed(name, claimed):
+                continue
+            reason = block_reason(module)
+            found.append(Skip(self.name, name, reason) if reason else FusedMBConv(name, module, **kw))
+        return found

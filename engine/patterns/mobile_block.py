@@ -1,0 +1,28 @@
+"""What MHAN's mobile blocks (mix_depthwise.py) and EfficientNet's (mbconv.py) share as fused
+units: one block module covered whole, its 1×1 convs on oneDNN around two C passes
+(engine/depthwise.py) on the oneDNN executors, torch ops on aten, and a report note where the C
+passes cannot be built."""
+from ..depthwise import LIBRARY
+from ..executors import ONEDNN_EXECUTORS
+from ..fused import FusedUnit
+
+
+class MobileBlockUnit(FusedUnit):
+    def __init__(self, name: str, block, **kw):
+        super().__init__({name: block}, **kw)
+        self.block = block
+
+    def runs_c(self) -> bool:
+        """Whether this call runs the C passes: a oneDNN executor, and the C kernels built."""
+        return self.conv_executor() != "aten" and LIBRARY.unavailable_reason() is None
+
+    def notes(self, executors):
+        reason = LIBRARY.unavailable_reason() if set(executors) & set(ONEDNN_EXECUTORS) else None
+        return [f"the depthwise C kernels are unavailable ({reason}): {self.pattern} blocks run their folded "
+                "weights as torch ops"] if reason else []
+
+    def reference(self, modules, x):
+        return modules[0](x)
+
+    def install(self, model):
+        self.install_forward(self.block, f"{self.block._get_name()}[fused: {self.pattern}]")
