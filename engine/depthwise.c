@@ -151,23 +151,24 @@ void mixed_depthwise(float *x, const float *w, const float *bias, const float *p
     }
 }
 
+/* w . m + bias over C channels in L partial sums, one per lane, added at the end: a single running
+ * sum is a chain of C dependent adds, which IEEE order (no -ffast-math) forbids the compiler to split. */
+INLINE float dot(const float *w, const float *m, int C, float bias) {
+    float part[L] = {0.f}, s = bias;
+    int c = 0;
+    for (; c + L <= C; c += L)
+        for (int l = 0; l < L; l++) part[l] += w[c + l] * m[c + l];
+    for (; c < C; c++) s += w[c] * m[c];
+    for (int l = 0; l < L; l++) s += part[l];
+    return s;
+}
+
 /* One gate: a = sigmoid(w2t^T act(w1 m + b1) + b2), m and a of C channels (a may be m: m is read
  * whole before a is written). w1: hidden x C (row per hidden unit), w2t: hidden x C (transposed,
- * so the last loops run over C). */
+ * so the last loops run over channels). */
 static void gate_mlp(const float *m, float *a, int C, int hidden, const float *w1, const float *b1,
                      const float *w2t, const float *b2, int act, float *z) {
-    for (int j = 0; j < hidden; j++) {
-        /* L partial sums, one per lane, added at the end: a single running sum is a chain of C
-         * dependent scalar adds, which IEEE order (no -ffast-math) forbids the compiler to split */
-        float part[L] = {0.f}, s = b1[j];
-        const float *wj = w1 + (int64_t)j * C;
-        int c = 0;
-        for (; c + L <= C; c += L)
-            for (int l = 0; l < L; l++) part[l] += wj[c + l] * m[c + l];
-        for (; c < C; c++) s += wj[c] * m[c];
-        for (int l = 0; l < L; l++) s += part[l];
-        z[j] = activate(s, act);
-    }
+    for (int j = 0; j < hidden; j++) z[j] = activate(dot(w1 + (int64_t)j * C, m, C, b1[j]), act);
     for (int c = 0; c < C; c++) a[c] = b2[c];
     for (int j = 0; j < hidden; j++) {
         const float *wj = w2t + (int64_t)j * C;
@@ -222,7 +223,9 @@ void coordinate_attention(float *y, int B, int H, int W, int C, int mip, const f
 }
 
 /* Squeeze-and-excitation (Hu et al., CVPR 2018) applied in place, as EfficientNet's MBConv has it:
- * s = sigmoid(w2 act(w1 GAP(y) + b1) + b2) per sample, y = y * s. scratch: B*C floats. */
+ * s = sigmoid(w2 act(w1 GAP(y) + b1) + b2) per sample, y = y * s. scratch: B*C floats (the means,
+ * then the gates in their place). The MLP runs one sample per thread: splitting one sample's
+ * ~0.5 M multiply-adds across threads measured slower here (two more fork-joins per block). */
 void squeeze_excite(float *y, int B, int HW, int C, int hidden, const float *w1, const float *b1, const float *w2t,
                     const float *b2, int act, float *scratch, int threads) {
     int blocks = (C + L - 1) / L;
