@@ -101,9 +101,9 @@ class FusedMBConv(MobileBlockUnit):
             return ConvRunner.like(layer[0], w.to(device, dt), b.to(device, dt))
 
         se = self.se
-        gate = SqueezeExcite(se.fc1.weight.flatten(1).to(device, dt), layer_bias(se.fc1).to(device, dt),
-                             se.fc2.weight.flatten(1).to(device, dt), layer_bias(se.fc2).to(device, dt),
-                             _act_name(se.activation))
+        w1, b1, w2, b2 = (t.detach().to(device, dt) for t in (  # a view of a parameter keeps its grad
+            se.fc1.weight.flatten(1), layer_bias(se.fc1), se.fc2.weight.flatten(1), layer_bias(se.fc2)))
+        gate = SqueezeExcite(w1, b1, w2, b2, _act_name(se.activation))
         out = {"dw": runner(self.dw), "se": gate, "project": runner(self.project)}
         if self.expand is not None:
             out["expand"] = runner(self.expand)

@@ -101,7 +101,7 @@ class FusedMixDepthwise(MobileBlockUnit):
         mixed = MixedDepthwise([c.weight.detach().to(device, dt) for c in convs], bias, convs[0].stride[0],
                                blk.conv.prelu.weight.detach().expand(groups).to(device, dt))
         w1, b1 = fold_batchnorm(ca.conv1.weight, ca.conv1.bias, ca.bn1)
-        gate = CoordinateAttention(*(t.to(device, dt) for t in (
+        gate = CoordinateAttention(*(t.detach().to(device, dt) for t in (  # a view of a parameter keeps its grad
             w1.flatten(1), b1, ca.conv2.weight.flatten(1), layer_bias(ca.conv2),
             ca.conv3.weight.flatten(1), layer_bias(ca.conv3))))
         return {"expand": runner(blk.conv), "mixed": mixed, "gate": gate, "project": runner(blk.project)}

@@ -64,8 +64,7 @@ def test_mixed_depthwise_matches_float64(case, gen, poisoned_empty):
     got = op.run_c(x.clone().contiguous(memory_format=torch.channels_last))
     assert got.is_contiguous(memory_format=torch.channels_last)
     assert_close(got, expected, _budget(fp32, expected), "C mixed depthwise")
-    # the torch form: one depthwise conv of the zero-padded, centred kernels
-    assert_close(op.run_torch(x), expected, _budget(fp32, expected), "merged depthwise conv")
+    assert_close(op.run_torch(x), expected, _budget(fp32, expected), "torch mixed depthwise")
 
 
 def test_mixed_depthwise_takes_any_layout_without_touching_a_copy(gen):
