@@ -13,11 +13,10 @@ import triton.language as tl
 from torch import Tensor
 
 from .compat import check_input, expect_shapes
-from .head_fusion import (MAX_HEADS, channel_block, fuse_heads_and_classify, fuse_heads_and_classify_reference,
-                          outputs, pool_by_maps, pool_by_maps_reference)
+from .head_fusion import (BLOCK_C_MAX, MAX_HEADS, channel_block, fuse_heads_and_classify,
+                          fuse_heads_and_classify_reference, outputs, pool_by_maps, pool_by_maps_reference)
 from .registry import declare, launch
 
-BLOCK_C_MAX = 1024
 CONFIG = dict(BLOCK_K=MAX_HEADS, BLOCK_P=16, BLOCK_T=16, BLOCK_N=16, num_warps=8)
 
 
@@ -119,7 +118,7 @@ def _args(B, K, C, N, H, W, dtype=torch.float32, device="cpu", gen=None):
 
 def _domain():
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
-        for C in (256, 512, 1024):  # every BLOCK_C channel_block picks
+        for C in (256, BLOCK_C_MAX):  # every BLOCK_C channel_block picks
             yield _args(2, 4, C, 7, 7, 7, dtype, "meta"), False
 
 

@@ -11,7 +11,7 @@ of pooling, channel attention, head fusion and classifier (kernels/head_fusion.p
 import torch
 import torch.nn as nn
 
-from ...kernels.head_fusion import dan_head_fusion
+from ...kernels.head_fusion import BLOCK_C_MAX, MAX_HEADS, dan_head_fusion
 from ..fused import FusedUnit, original_forward
 from . import Skip, is_claimed
 from .spatial_unit import (BRANCHES, classifier_reason, fold_classifier, fold_se_mlps, fold_spatial_units,
@@ -138,7 +138,11 @@ class DANHeadsPattern:
         heads, skips = find_heads(model, claimed, self.name, self.head_reason)
         if not heads:
             return skips
-        reason = model_reason(model, heads, next(iter(heads.values())).sa.conv1x1[0].in_channels)
+        channels = next(iter(heads.values())).sa.conv1x1[0].in_channels
+        reason = model_reason(model, heads, channels)
+        if not reason and kw.get("backend") == "triton" and (channels > BLOCK_C_MAX or len(heads) > MAX_HEADS):
+            reason = (f"{channels} channels and {len(heads)} heads: the Triton head fusion keeps a sample's "
+                      f"channels in registers, at most {BLOCK_C_MAX} channels and {MAX_HEADS} heads")
         if reason:
             return [Skip(self.name, ", ".join(heads), reason)]
         return [self.unit_class(heads, model.fc, getattr(model, "bn", None), **kw)]

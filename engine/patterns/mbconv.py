@@ -20,9 +20,8 @@ import torch.nn as nn
 from ..algebra import fold_batchnorm, layer_bias
 from ..depthwise import SqueezeExcite
 from ..executors import ConvRunner
-from . import Skip, is_claimed
 from .conv_bn import foldable_reason
-from .mobile_block import MobileBlockUnit
+from .mobile_block import MobileBlockUnit, find_blocks
 
 # activation modules the C passes apply (engine/depthwise.py ACTIVATIONS): EfficientNet's SiLU, ReLU
 _ACT_NAMES = {nn.SiLU: "silu", nn.ReLU: "relu"}
@@ -128,13 +127,7 @@ class MBConvPattern:
     name = "mbconv"
 
     def find(self, model: nn.Module, claimed: set[str], **kw):
-        found = []
-        for name, module in model.named_modules():
-            if not name or not isinstance(getattr(module, "block", None), nn.Sequential) \
-                    or not hasattr(module, "use_res_connect"):
-                continue
-            if is_claimed(name, claimed):
-                continue
-            reason = block_reason(module)
-            found.append(Skip(self.name, name, reason) if reason else FusedMBConv(name, module, **kw))
-        return found
+        def candidate(m):
+            return isinstance(getattr(m, "block", None), nn.Sequential) and hasattr(m, "use_res_connect")
+
+        return find_blocks(self.name, model, claimed, candidate, block_reason, FusedMBConv, **kw)

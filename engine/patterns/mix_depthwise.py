@@ -18,9 +18,8 @@ import torch.nn as nn
 from ..algebra import fold_batchnorm, layer_bias
 from ..depthwise import CoordinateAttention, MixedDepthwise, hard_swish
 from ..executors import ConvRunner
-from . import Skip, is_claimed
 from .conv_bn import foldable_reason
-from .mobile_block import MobileBlockUnit
+from .mobile_block import MobileBlockUnit, find_blocks
 
 PARTS = ("conv", "conv_dw", "CA", "project")
 
@@ -123,12 +122,7 @@ class MixDepthwisePattern:
     name = "mix_depthwise"
 
     def find(self, model: nn.Module, claimed: set[str], **kw):
-        found = []
-        for name, module in model.named_modules():
-            if not name or not all(isinstance(getattr(module, n, None), nn.Module) for n in PARTS):
-                continue
-            if is_claimed(name, claimed):
-                continue
-            reason = block_reason(module)
-            found.append(Skip(self.name, name, reason) if reason else FusedMixDepthwise(name, module, **kw))
-        return found
+        def candidate(m):
+            return all(isinstance(getattr(m, n, None), nn.Module) for n in PARTS)
+
+        return find_blocks(self.name, model, claimed, candidate, block_reason, FusedMixDepthwise, **kw)

@@ -127,6 +127,16 @@ def test_squeeze_excite_matches_float64(shape, act, gen, poisoned_empty):
         gate.run_c(y.clone())
 
 
+def _assert_matches_float64(model, reference, what, inputs):
+    """The optimised model against its float64 copy, within the fp32 budget, at each input's shape."""
+    for x in inputs:
+        with torch.no_grad():
+            expected = reference(x.double())
+            fp32 = copy.deepcopy(reference).float()(x)
+            got = model(x)
+        assert_close(got, expected, _budget(fp32, expected), f"{what} at {tuple(x.shape)}")
+
+
 def _trunk():
     """A MixedFeatureNet-shaped trunk: a stride-2 block with 3/5/7 groups, then a residual one."""
     return nn.Sequential(
@@ -145,13 +155,9 @@ def test_fused_blocks_match_float64_at_every_batch(executor, gen):
     rep = report(model)
     assert [e.modules for e in rep.fused if e.pattern == "mix_depthwise"] == [["1"], ["2"]]
     assert not rep.reverted
-    for x in (torch.randn(1, 3, 45, 45, generator=gen), torch.randn(5, 3, 32, 40, generator=gen),
-              torch.randn(3, 3, 33, 33, generator=gen).contiguous(memory_format=torch.channels_last)):
-        with torch.no_grad():
-            expected = reference(x.double())
-            fp32 = copy.deepcopy(reference).float()(x)
-            got = model(x)
-        assert_close(got, expected, _budget(fp32, expected), f"{executor} trunk at {tuple(x.shape)}")
+    _assert_matches_float64(model, reference, f"{executor} trunk", [
+        torch.randn(1, 3, 45, 45, generator=gen), torch.randn(5, 3, 32, 40, generator=gen),
+        torch.randn(3, 3, 33, 33, generator=gen).contiguous(memory_format=torch.channels_last)])
 
 
 def test_not_h_swish_is_skipped_with_its_reason():
@@ -185,11 +191,7 @@ def test_without_a_compiler_blocks_run_as_torch_ops_and_the_report_says_so(monke
     reference = copy.deepcopy(model).double()
     optimize(model, executor="onednn", example_inputs=(torch.randn(2, 3, 32, 32),), strict=True)
     assert any("depthwise C kernels are unavailable (no C compiler" in n for n in report(model).notes)
-    x = torch.randn(2, 3, 32, 32, generator=gen)
-    with torch.no_grad():
-        expected = reference(x.double())
-        fp32 = copy.deepcopy(reference).float()(x)
-        assert_close(model(x), expected, _budget(fp32, expected))
+    _assert_matches_float64(model, reference, "torch form", [torch.randn(2, 3, 32, 32, generator=gen)])
 
 
 def _efficientnet_stages():
@@ -208,12 +210,8 @@ def test_fused_mbconv_blocks_match_float64(executor, gen):
     rep = report(model)
     fused = [e.modules[0] for e in rep.fused if e.pattern == "mbconv"]
     assert fused == ["1.0", "2.0", "2.1", "3.0", "3.1"] and not rep.reverted
-    for x in (torch.randn(1, 3, 64, 64, generator=gen), torch.randn(3, 3, 45, 37, generator=gen)):
-        with torch.no_grad():
-            expected = reference(x.double())
-            fp32 = copy.deepcopy(reference).float()(x)
-            got = model(x)
-        assert_close(got, expected, _budget(fp32, expected), f"{executor} EfficientNet stages at {tuple(x.shape)}")
+    _assert_matches_float64(model, reference, f"{executor} EfficientNet stages",
+                            [torch.randn(1, 3, 64, 64, generator=gen), torch.randn(3, 3, 45, 37, generator=gen)])
 
 
 def test_mbconv_with_another_gate_is_skipped_with_its_reason():

@@ -70,3 +70,16 @@ def test_triton_backend_needs_the_interpreter_or_cuda():
     else:
         with pytest.raises(ValueError, match="TRITON_INTERPRET"):
             resolve_backend("triton", torch.device("cpu"))
+
+
+def test_heads_wider_than_the_fusion_tile_are_skipped_with_the_reason(monkeypatch):
+    """The Triton head fusion keeps a sample's channels in registers (at most BLOCK_C_MAX): a wider
+    model is skipped before any launch, with the limit named, not failed inside optimize()."""
+    from ferfuse.engine.patterns import dan_heads
+
+    monkeypatch.setattr(dan_heads, "BLOCK_C_MAX", 256)  # DAN's 512 channels now exceed the tile
+    model = randomize_batchnorm(UpstreamDAN(num_head=2), seed=3).eval().to(DEVICE)
+    ferfuse.optimize(model, backend="triton", verify=False)
+    rep = ferfuse.report(model)
+    assert "dan_heads" not in [e.pattern for e in rep.fused]
+    assert any(s.pattern == "dan_heads" and "at most 256 channels" in s.reason for s in rep.skipped)
