@@ -1,7 +1,6 @@
 """What MHAN's mobile blocks (mix_depthwise.py) and EfficientNet's (mbconv.py) share as fused
-units: one block module covered whole, its 1×1 convs on oneDNN around two C passes
-(engine/depthwise.py) on the oneDNN executors, torch ops on aten, and a report note where the C
-passes cannot be built."""
+units: one block module covered whole; on the oneDNN executors its convs on oneDNN around C passes
+(engine/depthwise.py), on aten torch ops; a report note where the C passes cannot be built."""
 from ..depthwise import LIBRARY
 from ..executors import ONEDNN_EXECUTORS
 from ..fused import FusedUnit
