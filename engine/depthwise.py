@@ -62,6 +62,9 @@ class MixedDepthwise:
             c0 += k.shape[0]
             starts.append(c0)
         self.taps = taps.float().contiguous()
+        # the C pass's float32 contiguous copies, made once (a PReLU's single slope arrives expanded)
+        self.bias_c = None if bias is None else bias.float().contiguous()
+        self.prelu_c = None if prelu is None else prelu.float().contiguous()
         self.starts = torch.tensor(starts, dtype=torch.int32)
         self.sizes = torch.tensor(sizes, dtype=torch.int32)
 
@@ -86,11 +89,9 @@ class MixedDepthwise:
         x = x.contiguous(memory_format=torch.channels_last)
         ho, wo = self.out_size(h, w)
         y = torch.empty((n, c, ho, wo), memory_format=torch.channels_last)
-        bias = None if self.bias is None else self.bias.float().contiguous()
-        prelu = None if self.prelu is None else self.prelu.float().contiguous()
-        LIBRARY.get().mixed_depthwise(native.ptr(x), native.ptr(self.taps), native.ptr(bias), native.ptr(prelu),
-                                      native.ptr(y), n, h, w, c, ho, wo, self.stride, self.size,
-                                      len(self.sizes), native.ptr(self.starts), native.ptr(self.sizes),
+        LIBRARY.get().mixed_depthwise(native.ptr(x), native.ptr(self.taps), native.ptr(self.bias_c),
+                                      native.ptr(self.prelu_c), native.ptr(y), n, h, w, c, ho, wo, self.stride,
+                                      self.size, len(self.sizes), native.ptr(self.starts), native.ptr(self.sizes),
                                       torch.get_num_threads())
         return y
 

@@ -109,7 +109,6 @@ def _declare(lib):
 LIBRARY = native.Library(SOURCE, _declare)
 library = LIBRARY.get  # the built transforms; raises NativeUnavailable (with the reason) where they cannot be built
 unavailable_reason = LIBRARY.unavailable_reason
-_ptr = native.ptr
 
 
 def _channels_last(t: torch.Tensor) -> torch.Tensor:
@@ -161,7 +160,7 @@ class WinogradConv:
         threads = torch.get_num_threads()
         x = _channels_last(x)
         v = torch.empty((n, a2 * c, th, tw), memory_format=torch.channels_last)
-        getattr(self.lib, variant.c_input)(_ptr(x), _ptr(v), n, h, w, c, th, tw, threads)
+        getattr(self.lib, variant.c_input)(native.ptr(x), native.ptr(v), n, h, w, c, th, tw, threads)
         m = torch.ops.mkldnn._convolution_pointwise(v, self.packed(v.shape), None, [0, 0], [1, 1], [1, 1],
                                                     a2 * self.groups, "none", [], "")
         m = _channels_last(m)
@@ -169,6 +168,6 @@ class WinogradConv:
         res = _channels_last(residual) if residual is not None else None
         if res is not None and (res.shape != y.shape or res.dtype != torch.float32):
             raise ValueError(f"residual {res.dtype} {tuple(res.shape)} for a float32 output of shape {tuple(y.shape)}")
-        getattr(self.lib, variant.c_output)(_ptr(m), _ptr(self.bias), _ptr(res), _ptr(y), n, h, w,
-                                            self.out_channels, th, tw, int(relu), threads)
+        getattr(self.lib, variant.c_output)(native.ptr(m), native.ptr(self.bias), native.ptr(res), native.ptr(y),
+                                            n, h, w, self.out_channels, th, tw, int(relu), threads)
         return y

@@ -15,6 +15,12 @@ from ..fused import FusedUnit, original_forward, unit_of
 from . import Skip, is_claimed
 
 
+def folded_conv(conv: nn.Conv2d, bn, device, dtype) -> ConvRunner:
+    """`conv` with `bn` folded into it (in float64), as a runner of `dtype` on `device`."""
+    w, b = fold_batchnorm(conv.weight, conv.bias, bn)
+    return ConvRunner.like(conv, w.to(device, dtype), b.to(device, dtype))
+
+
 class FoldedConvBN(FusedUnit):
     pattern = "conv_bn"
 
@@ -25,8 +31,7 @@ class FoldedConvBN(FusedUnit):
         self.act = _FUSABLE_ACTIVATIONS[type(self.act_module)] if rest else None
 
     def fold(self, device):
-        w, b = fold_batchnorm(self.conv.weight, self.conv.bias, self.bn)
-        return {"conv": ConvRunner.like(self.conv, w.to(device, self.dtype), b.to(device, self.dtype))}
+        return {"conv": folded_conv(self.conv, self.bn, device, self.dtype)}
 
     def forward(self, x):
         return self.folded(x.device)["conv"].run(x.to(self.dtype), act=self.act, executor=self.conv_executor())

@@ -17,18 +17,17 @@ ops.
 import torch
 import torch.nn as nn
 
-from ..algebra import fold_batchnorm, layer_bias
+from ..algebra import layer_bias
 from ..depthwise import SqueezeExcite
-from ..executors import ConvRunner
-from .conv_bn import foldable_reason
-from .mobile_block import MobileBlockUnit, find_blocks
+from .conv_bn import foldable_reason, folded_conv
+from .mobile_block import MobileBlockUnit, find_blocks, is_one_by_one, is_same_depthwise
 
 # activation modules the C passes apply (engine/depthwise.py ACTIVATIONS): EfficientNet's SiLU, ReLU
 _ACT_NAMES = {nn.SiLU: "silu", nn.ReLU: "relu"}
 
 
-def _act_name(module) -> str | None:
-    return None if module is None else _ACT_NAMES[type(module)]
+def _act_name(module) -> str:
+    return _ACT_NAMES[type(module)]
 
 
 def _conv_norm_act(layer, what: str, depthwise: bool = False) -> str | None:
@@ -41,12 +40,9 @@ def _conv_norm_act(layer, what: str, depthwise: bool = False) -> str | None:
         return f"the {what}: {reason}"
     if len(layer) == 3 and type(layer[2]) not in _ACT_NAMES:
         return f"the {what}'s activation is {type(layer[2]).__name__}, not SiLU or ReLU"
-    k = conv.kernel_size[0]
-    if depthwise:
-        if not (conv.groups == conv.in_channels == conv.out_channels and conv.kernel_size == (k, k) and k % 2 == 1
-                and conv.padding == (k // 2, k // 2) and conv.dilation == (1, 1) and conv.stride[0] == conv.stride[1]):
-            return f"the {what} is not a depthwise odd square same-padded conv"
-    elif not (conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1 and conv.padding == (0, 0)):
+    if depthwise and not is_same_depthwise(conv):
+        return f"the {what} is not a depthwise odd square same-padded conv"
+    if not depthwise and not is_one_by_one(conv):
         return f"the {what} is not a 1×1 conv"
     return None
 
@@ -67,9 +63,7 @@ def block_reason(module: nn.Module) -> str | None:
     c = dw[0].out_channels
     fc1, fc2 = getattr(se, "fc1", None), getattr(se, "fc2", None)
     if not (isinstance(getattr(se, "avgpool", None), nn.AdaptiveAvgPool2d) and se.avgpool.output_size in (1, (1, 1))
-            and isinstance(fc1, nn.Conv2d) and isinstance(fc2, nn.Conv2d) and fc1.kernel_size == fc2.kernel_size == (1, 1)
-            and fc1.groups == fc2.groups == 1 and fc1.in_channels == fc2.out_channels == c
-            and fc2.in_channels == fc1.out_channels):
+            and is_one_by_one(fc1, c) and is_one_by_one(fc2, fc1.out_channels, c)):
         return "no squeeze-excite (avgpool, fc1, fc2) over the depthwise conv's channels"
     if type(getattr(se, "activation", None)) not in _ACT_NAMES or type(getattr(se, "scale_activation", None)) \
             is not nn.Sigmoid:
@@ -91,29 +85,28 @@ class FusedMBConv(MobileBlockUnit):
         layers = list(block.block)
         self.expand = layers[0] if len(layers) == 4 else None
         self.dw, self.se, self.project = layers[-3:]
+        # the epilogue activations of the expand and depthwise convs (None: the layer has none)
+        self.expand_act = _act_name(self.expand[2]) if self.expand is not None and len(self.expand) == 3 else None
+        self.dw_act = _act_name(self.dw[2]) if len(self.dw) == 3 else None
 
     def fold(self, device):
         dt = self.dtype
-
-        def runner(layer):
-            w, b = fold_batchnorm(layer[0].weight, layer[0].bias, layer[1])
-            return ConvRunner.like(layer[0], w.to(device, dt), b.to(device, dt))
-
         se = self.se
         w1, b1, w2, b2 = (t.detach().to(device, dt) for t in (  # a view of a parameter keeps its grad
             se.fc1.weight.flatten(1), layer_bias(se.fc1), se.fc2.weight.flatten(1), layer_bias(se.fc2)))
         gate = SqueezeExcite(w1, b1, w2, b2, _act_name(se.activation))
-        out = {"dw": runner(self.dw), "se": gate, "project": runner(self.project)}
+        # each layer is Sequential(conv, bn[, activation]); slicing one would build a new layer
+        out = {"dw": folded_conv(self.dw[0], self.dw[1], device, dt), "se": gate,
+               "project": folded_conv(self.project[0], self.project[1], device, dt)}
         if self.expand is not None:
-            out["expand"] = runner(self.expand)
+            out["expand"] = folded_conv(self.expand[0], self.expand[1], device, dt)
         return out
 
     def forward(self, x):
         f = self.folded(x.device)
         x = x.to(self.dtype)
         residual = x if self.block.use_res_connect else None
-        expand_act = _act_name(self.expand[2] if self.expand is not None and len(self.expand) == 3 else None)
-        dw_act = _act_name(self.dw[2] if len(self.dw) == 3 else None)
+        expand_act, dw_act = self.expand_act, self.dw_act
         if not self.runs_c():
             u = f["expand"].run(x, act=expand_act, executor="aten") if "expand" in f else x
             y = f["se"].run_torch(f["dw"].run(u, act=dw_act, executor="aten"))

@@ -17,17 +17,10 @@ import torch.nn as nn
 
 from ..algebra import fold_batchnorm, layer_bias
 from ..depthwise import CoordinateAttention, MixedDepthwise, hard_swish
-from ..executors import ConvRunner
-from .conv_bn import foldable_reason
-from .mobile_block import MobileBlockUnit, find_blocks
+from .conv_bn import foldable_reason, folded_conv
+from .mobile_block import MobileBlockUnit, find_blocks, is_one_by_one, is_same_depthwise
 
 PARTS = ("conv", "conv_dw", "CA", "project")
-
-
-def _one_by_one(conv, c_in, c_out=None) -> bool:
-    return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
-            and conv.padding == (0, 0) and conv.groups == 1 and conv.in_channels == c_in
-            and (c_out is None or conv.out_channels == c_out))
 
 
 def _acts_as_hard_swish(act) -> bool:
@@ -51,7 +44,7 @@ def block_reason(block: nn.Module) -> str | None:
         if reason:
             return reason
     c_in, groups = expand.conv.in_channels, expand.conv.out_channels
-    if not _one_by_one(expand.conv, c_in):
+    if not is_one_by_one(expand.conv, c_in):
         return "conv.conv is not a 1×1 convolution"
     if type(expand.prelu) is not nn.PReLU or expand.prelu.num_parameters not in (1, groups):
         return f"conv.prelu is not a PReLU over {groups} channels"
@@ -60,21 +53,17 @@ def block_reason(block: nn.Module) -> str | None:
     if not isinstance(convs, nn.ModuleList) or len(convs) == 0 or len(split) != len(convs) or sum(split) != groups:
         return f"conv_dw has no mixed_depthwise_conv over split_channels summing to {groups}"
     stride = convs[0].stride if isinstance(convs[0], nn.Conv2d) else None
-    for conv, c in zip(convs, split):
-        k = conv.kernel_size[0] if isinstance(conv, nn.Conv2d) else 0
-        if not (isinstance(conv, nn.Conv2d) and conv.groups == conv.in_channels == conv.out_channels == c
-                and conv.kernel_size == (k, k) and k % 2 == 1 and conv.padding == (k // 2, k // 2)
-                and conv.dilation == (1, 1) and conv.stride == stride and stride[0] == stride[1]
-                and conv.padding_mode == "zeros"):
-            return "conv_dw's convs are not depthwise, odd, square, same-padded, of one stride"
+    if not all(is_same_depthwise(conv) and conv.in_channels == c and conv.stride == stride
+               for conv, c in zip(convs, split)):
+        return "conv_dw's convs are not depthwise, odd, square, same-padded, of one stride"
     mip = getattr(getattr(ca, "conv1", None), "out_channels", None)
-    if not (_one_by_one(getattr(ca, "conv1", None), groups) and type(getattr(ca, "bn1", None)) is nn.BatchNorm2d
+    if not (is_one_by_one(getattr(ca, "conv1", None), groups) and type(getattr(ca, "bn1", None)) is nn.BatchNorm2d
             and ca.bn1.num_features == mip and ca.bn1.running_mean is not None
-            and all(_one_by_one(getattr(ca, n, None), mip, groups) for n in ("conv2", "conv3"))):
+            and all(is_one_by_one(getattr(ca, n, None), mip, groups) for n in ("conv2", "conv3"))):
         return "CA is not coordinate attention (1×1 conv1 + bn1, conv2, conv3)"
     if not _acts_as_hard_swish(getattr(ca, "relu", None)):
         return "CA.relu does not compute h-swish"
-    if not _one_by_one(project.conv, groups):
+    if not is_one_by_one(project.conv, groups):
         return "project.conv is not a 1×1 convolution"
     residual = getattr(block, "residual", None)
     if not isinstance(residual, bool):
@@ -89,11 +78,6 @@ class FusedMixDepthwise(MobileBlockUnit):
 
     def fold(self, device):
         blk, ca, dt = self.block, self.block.CA, self.dtype
-
-        def runner(part):
-            w, b = fold_batchnorm(part.conv.weight, part.conv.bias, part.bn)
-            return ConvRunner.like(part.conv, w.to(device, dt), b.to(device, dt))
-
         groups = blk.conv.conv.out_channels
         convs = blk.conv_dw.mixed_depthwise_conv
         bias = None if all(c.bias is None for c in convs) else torch.cat([layer_bias(c) for c in convs]).to(device, dt)
@@ -103,7 +87,8 @@ class FusedMixDepthwise(MobileBlockUnit):
         gate = CoordinateAttention(*(t.detach().to(device, dt) for t in (  # a view of a parameter keeps its grad
             w1.flatten(1), b1, ca.conv2.weight.flatten(1), layer_bias(ca.conv2),
             ca.conv3.weight.flatten(1), layer_bias(ca.conv3))))
-        return {"expand": runner(blk.conv), "mixed": mixed, "gate": gate, "project": runner(blk.project)}
+        return {"expand": folded_conv(blk.conv.conv, blk.conv.bn, device, dt), "mixed": mixed, "gate": gate,
+                "project": folded_conv(blk.project.conv, blk.project.bn, device, dt)}
 
     def forward(self, x):
         f = self.folded(x.device)

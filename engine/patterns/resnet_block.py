@@ -4,11 +4,9 @@ with every BN folded; on the oneDNN executor the first ReLU and the residual add
 the convolutions' epilogues."""
 import torch.nn as nn
 
-from ..algebra import fold_batchnorm
-from ..executors import ConvRunner
 from ..fused import FusedUnit
 from . import Skip, is_claimed
-from .conv_bn import foldable_reason
+from .conv_bn import foldable_reason, folded_conv
 
 
 class FusedBasicBlock(FusedUnit):
@@ -20,14 +18,10 @@ class FusedBasicBlock(FusedUnit):
 
     def fold(self, device):
         blk = self.block
-
-        def runner(conv, bn):
-            w, b = fold_batchnorm(conv.weight, conv.bias, bn)
-            return ConvRunner.like(conv, w.to(device, self.dtype), b.to(device, self.dtype))
-
-        out = {"conv1": runner(blk.conv1, blk.bn1), "conv2": runner(blk.conv2, blk.bn2)}
+        out = {"conv1": folded_conv(blk.conv1, blk.bn1, device, self.dtype),
+               "conv2": folded_conv(blk.conv2, blk.bn2, device, self.dtype)}
         if blk.downsample is not None:
-            out["downsample"] = runner(*blk.downsample)
+            out["downsample"] = folded_conv(*blk.downsample, device, self.dtype)
         return out
 
     def forward(self, x):
