@@ -53,13 +53,13 @@ class MixedDepthwise:
         sizes = [k.shape[-1] for k in kernels]
         self.size, self.stride = max(sizes), stride
         self.kernels, self.bias, self.prelu = kernels, bias, prelu
-        channels = sum(k.shape[0] for k in kernels)
-        taps = kernels[0].new_zeros(self.size, self.size, channels)  # K × K × C: channels innermost
+        self.split = [k.shape[0] for k in kernels]  # each group's channel count
+        taps = kernels[0].new_zeros(self.size, self.size, sum(self.split))  # K × K × C: channels innermost
         c0, starts = 0, [0]
-        for k in kernels:
+        for k, n in zip(kernels, self.split):
             off, size = (self.size - k.shape[-1]) // 2, k.shape[-1]
-            taps[off:off + size, off:off + size, c0:c0 + k.shape[0]] = k[:, 0].permute(1, 2, 0)
-            c0 += k.shape[0]
+            taps[off:off + size, off:off + size, c0:c0 + n] = k[:, 0].permute(1, 2, 0)
+            c0 += n
             starts.append(c0)
         self.taps = taps.float().contiguous()
         # the C pass's float32 contiguous copies, made once (a PReLU's single slope arrives expanded)
@@ -75,10 +75,9 @@ class MixedDepthwise:
     def run_torch(self, x: torch.Tensor) -> torch.Tensor:
         if self.prelu is not None:
             x = F.prelu(x, self.prelu.to(x.dtype))
-        split = [k.shape[0] for k in self.kernels]
-        biases = [None] * len(split) if self.bias is None else self.bias.to(x.dtype).split(split)
+        biases = [None] * len(self.split) if self.bias is None else self.bias.to(x.dtype).split(self.split)
         parts = [F.conv2d(part, k.to(x.dtype), b, self.stride, k.shape[-1] // 2, 1, k.shape[0])
-                 for part, k, b in zip(x.split(split, dim=1), self.kernels, biases)]
+                 for part, k, b in zip(x.split(self.split, dim=1), self.kernels, biases)]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     @torch.compiler.disable  # the C pass writes through raw pointers, which a compiler cannot see

@@ -28,7 +28,7 @@ class FoldedConvBN(FusedUnit):
         super().__init__(modules, **kw)
         self.conv, self.bn, *rest = modules.values()
         self.act_module = rest[0] if rest else None
-        self.act = _FUSABLE_ACTIVATIONS[type(self.act_module)] if rest else None
+        self.act = FUSABLE_ACTIVATIONS[type(self.act_module)] if rest else None
 
     def fold(self, device):
         return {"conv": folded_conv(self.conv, self.bn, device, self.dtype)}
@@ -52,7 +52,7 @@ class FoldedConvBN(FusedUnit):
         return super().active(self.conv) and not self.bn.training
 
 
-_FUSABLE_ACTIVATIONS = {nn.ReLU: "relu", nn.SiLU: "silu", nn.Sigmoid: "sigmoid"}
+FUSABLE_ACTIVATIONS = {nn.ReLU: "relu", nn.SiLU: "silu", nn.Sigmoid: "sigmoid"}
 
 
 def _pass_through(self, x):
@@ -92,7 +92,7 @@ class ConvBNPattern:
                     found.append(Skip(self.name, " + ".join(modules), reason))
                     continue
                 if isinstance(parent, nn.Sequential) and i + 2 < len(children) \
-                        and type(children[i + 2][1]) in _FUSABLE_ACTIVATIONS:
+                        and type(children[i + 2][1]) in FUSABLE_ACTIVATIONS:
                     modules[prefix + children[i + 2][0]] = children[i + 2][1]
                 found.append(FoldedConvBN(modules, **kw))
         return found

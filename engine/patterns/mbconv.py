@@ -18,12 +18,13 @@ import torch
 import torch.nn as nn
 
 from ..algebra import layer_bias
-from ..depthwise import SqueezeExcite
-from .conv_bn import foldable_reason, folded_conv
+from ..depthwise import ACTIVATIONS, SqueezeExcite
+from .conv_bn import FUSABLE_ACTIVATIONS, foldable_reason, folded_conv
 from .mobile_block import MobileBlockUnit, find_blocks, is_one_by_one, is_same_depthwise
 
-# activation modules the C passes apply (engine/depthwise.py ACTIVATIONS): EfficientNet's SiLU, ReLU
-_ACT_NAMES = {nn.SiLU: "silu", nn.ReLU: "relu"}
+# activation modules both a oneDNN conv epilogue (conv_bn's table) and the C squeeze-excite pass
+# (engine/depthwise.py ACTIVATIONS) apply: EfficientNet's SiLU, and ReLU
+_ACT_NAMES = {module: name for module, name in FUSABLE_ACTIVATIONS.items() if name in ACTIVATIONS}
 
 
 def _act_name(module) -> str:
