@@ -5,8 +5,9 @@
   activations channels_last, bias + ReLU and the residual add fused into the convolution, as
   inductor's CPU freezing does;
 - `winograd` (CPU): `onednn`, except that each dense stride-1 3×3 convolution runs as Winograd
-  F(4×4, 3×3), F(2×2, 3×3) or direct, whichever its first call at an input shape timed fastest
-  (engine/winograd.py).
+  F(4×4, 3×3), F(2×2, 3×3) or direct (engine/winograd.py), and each stride-1 1×1 convolution as
+  ferfuse's own GEMM or oneDNN's (engine/pointwise.py), whichever its first call at an input shape
+  timed fastest.
 
 A fused model holds one `ConvRunner` per folded convolution; which executor a call uses is set
 by the model's guard for that call (`use_executor`), from an `ExecutorChoice` that times the
@@ -20,21 +21,23 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import winograd
+from . import pointwise, winograd
 
 EXECUTORS = ("aten", "onednn", "winograd")
 # the CPU executors: oneDNN prepacked convs with fused epilogues (Winograd on top of oneDNN)
 ONEDNN_EXECUTORS = ("onednn", "winograd")
-# what verification runs so that every form a tuned Winograd conv can take at any shape is checked:
-# the executor name with its tile forced on every eligible conv (direct is `onednn`)
-FORCED_TILE = {"winograd-f4": 4, "winograd-f2": 2}
+# what verification runs so that every form a tuned conv can take at any shape is checked: the
+# executor name with its form forced on every conv that can take it (direct is `onednn`): a
+# Winograd tile for 3×3 convs, ferfuse's GEMM for 1×1 convs
+FORCED_FORM = {"winograd-f4": 4, "winograd-f2": 2, "pointwise": "gemm"}
 TIMED_RUNS = 2  # timed calls per candidate after an untimed one (which packs); the fastest counts
 
 _SELECTED = threading.local()
-# Winograd tile per convolution geometry, input shape, epilogue and thread count: what the timing
-# depends on (never the weights), so equal convs share one timing and a reload keeps the choices
-TILE_BY_PROBLEM: dict[tuple, int | None] = {}
-_TILE_LOCK = threading.Lock()
+# the form (a Winograd tile, "gemm", or None: oneDNN direct) per convolution geometry, input shape,
+# epilogue and thread count: what the timing depends on (never the weights), so equal convs share
+# one timing and a reload keeps the choices
+FORM_BY_PROBLEM: dict[tuple, int | str | None] = {}
+_FORM_LOCK = threading.Lock()
 
 
 class use_executor:
@@ -57,14 +60,14 @@ def selected_executor(default: str | None = None) -> str | None:
 
 
 def verification_forms(candidates: tuple[str, ...], runners=None) -> tuple[str, ...]:
-    """Every numerically distinct way `candidates` can run a convolution: a tuned Winograd conv
-    may be direct, F(4×4) or F(2×2) at some shape, so all three are verified. Given the
-    `runners` of one unit, the Winograd forms count only where one of them can take them."""
+    """Every numerically distinct way `candidates` can run a convolution: a tuned conv may be
+    direct, F(4×4) or F(2×2) (3×3), or ferfuse's GEMM (1×1) at some shape, so all are verified.
+    Given the `runners` of one unit, a forced form counts only where one of them can take it."""
     forms = []
     for executor in candidates:
-        forms += ["onednn", *FORCED_TILE] if executor == "winograd" else [executor]
-    if runners is not None and not any(r.winograd_eligible for r in runners):
-        forms = [f for f in forms if f not in FORCED_TILE]
+        forms += ["onednn", *FORCED_FORM] if executor == "winograd" else [executor]
+    if runners is not None:
+        forms = [f for f in forms if f not in FORCED_FORM or any(r.can_take(FORCED_FORM[f]) for r in runners)]
     return tuple(dict.fromkeys(forms))
 
 
@@ -158,13 +161,16 @@ def pack_for_shape(cache: dict, shape: tuple, pack) -> torch.Tensor:
     return packed
 
 
+# how the report names the tuned forms
+FORM_NAMES = {None: "oneDNN direct", 4: "Winograd F(4×4)", 2: "Winograd F(2×2)", "gemm": "ferfuse GEMM"}
+
 # activations a folded conv can apply in its epilogue: torch function and oneDNN's post-op name
 ACTIVATIONS = {"relu": (torch.relu, "relu"), "sigmoid": (torch.sigmoid, "sigmoid"), "silu": (F.silu, "swish")}
 
 
 class ConvRunner:
     """A folded conv; `run(x, act=None, residual=None, executor=...)` computes
-    act(conv(x) + residual), `act` one of ACTIVATIONS, on any of EXECUTORS (or FORCED_TILE)."""
+    act(conv(x) + residual), `act` one of ACTIVATIONS, on any of EXECUTORS (or FORCED_FORM)."""
 
     def __init__(self, weight, bias, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
         self.stride, self.padding, self.dilation = list(stride), list(padding), list(dilation)
@@ -173,6 +179,10 @@ class ConvRunner:
         # grouped convs (DAN's heads) were measured slower as Winograd on both ISAs: direct only
         self.winograd_eligible = groups == 1 and winograd.eligible(weight, stride, padding, dilation)
         self._winograd: dict[int, winograd.WinogradConv] = {}  # per tile size, built on first use
+        self.pointwise_eligible = pointwise.eligible(weight, stride, padding, dilation, groups)
+        self._gemm: pointwise.PointwiseConv | None = None  # packed on first use
+        self._gemm_shapes = 0  # input shapes whose timing kept the GEMM
+        self.chosen: dict[tuple, int | str | None] = {}  # input shape -> tuned form, for the report
 
     @classmethod
     def like(cls, conv: nn.Conv2d, weight, bias) -> "ConvRunner":
@@ -195,17 +205,44 @@ class ConvRunner:
             conv = self._winograd[tile] = winograd.WinogradConv(self.weight, self.bias, tile=tile)
         return conv
 
+    def gemm(self) -> pointwise.PointwiseConv:
+        if self._gemm is None:  # a racing thread packs an equal one: harmless
+            self._gemm = pointwise.PointwiseConv(self.weight, self.bias)
+        return self._gemm
+
+    def can_take(self, form) -> bool:
+        """Whether this conv can run as `form` (a Winograd tile, or "gemm") for some epilogue."""
+        if form == "gemm":
+            return self.pointwise_eligible and pointwise.unavailable_reason() is None
+        return self.winograd_eligible
+
+    def forms(self, act) -> tuple:
+        """The forms a tuned call with epilogue `act` chooses from (None: oneDNN direct), or ()."""
+        if self.winograd_eligible and act in (None, "relu"):
+            return (None, 4, 2)
+        if act in pointwise.ACT_CODES and self.can_take("gemm"):
+            return (None, "gemm")
+        return ()
+
     def run(self, x, act: str | None = None, residual=None, executor: str = "aten"):
         if executor == "aten":
             y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
             if residual is not None:
                 y = y + residual
             return ACTIVATIONS[act][0](y) if act else y
-        if executor != "onednn" and self.winograd_eligible and act in (None, "relu"):
-            tile = FORCED_TILE.get(executor) or self.tuned_tile(x, act, residual)
-            if tile is not None:
-                return self.winograd(tile).run(x, relu=act == "relu", residual=residual)
+        forms = self.forms(act) if executor != "onednn" else ()
+        if forms:  # a forced form this conv cannot take runs direct
+            form = FORCED_FORM[executor] if executor in FORCED_FORM else self.tuned_form(x, act, residual, forms)
+            if form in forms:
+                return self.run_form(form, x, act, residual)
         return self.direct(x, act, residual)
+
+    def run_form(self, form, x, act, residual):
+        if form is None:
+            return self.direct(x, act, residual)
+        if form == "gemm":
+            return self.gemm().run(x, act, residual)
+        return self.winograd(form).run(x, relu=act == "relu", residual=residual)
 
     def direct(self, x, act=None, residual=None):
         """oneDNN's direct convolution on the weight packed for x's shape, epilogue fused."""
@@ -221,28 +258,31 @@ class ConvRunner:
                          None if act is None else unary, [], "")
 
     def problem(self, x, act, residual) -> tuple:
-        """What a tile timing depends on: geometry, input shape, epilogue, threads (TILE_BY_PROBLEM)."""
+        """What a form's timing depends on: geometry, input shape, epilogue, threads (FORM_BY_PROBLEM)."""
         return (tuple(self.weight.shape), tuple(self.stride), tuple(self.padding), tuple(self.dilation),
                 self.groups, tuple(x.shape), act, residual is not None, torch.get_num_threads())
 
     @torch.compiler.disable
-    def tuned_tile(self, x, act, residual) -> int | None:
-        """The Winograd tile (4, 2) or None (direct) for this problem: timed on its first call in
-        this process, kept after. Maps under 4×4 hold less than one F(2×2) input tile: direct."""
-        def run(t):
-            if t is None:
-                return self.direct(x, act, residual)
-            return self.winograd(t).run(x, relu=act == "relu", residual=residual)
-
+    def tuned_form(self, x, act, residual, forms) -> int | str | None:
+        """The form among `forms` (None: direct) for this problem: timed on its first call in this
+        process, kept after. Maps under 4×4 hold less than one F(2×2) input tile: direct."""
         def choose():
-            if min(x.shape[2:]) < 4:
-                return None
-            tile, _ = fastest((None, 4, 2), run)
+            candidates = forms
+            if 4 in forms and min(x.shape[2:]) < 4:
+                candidates = (None,)
+            best = candidates[0] if len(candidates) == 1 else \
+                fastest(candidates, lambda f: self.run_form(f, x, act, residual))[0]
             for t, conv in self._winograd.items():  # the losers' packings for this shape
-                if t != tile:
+                if t != best:
                     conv.drop_packed(x.shape)
-            if tile is not None:
+            if best is not None:
                 self._packed.pop(tuple(x.shape), None)
-            return tile
+            if best == "gemm":
+                self._gemm_shapes += 1
+            elif self._gemm_shapes == 0:  # the GEMM's packing, where no shape kept it
+                self._gemm = None
+            return best
 
-        return once(TILE_BY_PROBLEM, self.problem(x, act, residual), _TILE_LOCK, choose)
+        form = once(FORM_BY_PROBLEM, self.problem(x, act, residual), _FORM_LOCK, choose)
+        self.chosen[tuple(x.shape)] = form
+        return form

@@ -99,10 +99,12 @@ class FusedUnit:
         """Run the fused op `op` (a kernels registry declaration) on this unit's backend."""
         return op(*args, backend=self.backend, allow_tf32=self.allow_tf32, decomposed=self.decomposed)
 
-    def conv_runners(self, device: torch.device) -> list:
-        """The folded convolutions (executors.ConvRunner) this unit runs."""
+    def conv_runners(self, device: torch.device | None) -> list:
+        """The folded convolutions (executors.ConvRunner) this unit runs on `device`; with None,
+        those folded so far (nothing is folded for the asking)."""
+        weights = self.folded(device) if device is not None else (self._cache[1] if self._cache else {})
         found = []
-        for value in self.folded(device).values():
+        for value in weights.values():
             found += [v for v in (value if isinstance(value, tuple) else (value,)) if isinstance(v, ConvRunner)]
         return found
 

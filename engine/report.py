@@ -1,7 +1,11 @@
 """The optimisation report: what was fused (with measured error against its budget), what was
-skipped and why, and which convolution executor runs at which input shape."""
+skipped and why, which convolution executor runs at which input shape, and which form (Winograd
+tile, oneDNN direct, ferfuse's 1×1 GEMM) the tuned convolutions chose."""
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .executors import FORM_NAMES
 from .patterns import Skip
 
 
@@ -40,6 +44,19 @@ class Report:
     logits_budget: float | None = None
     top1_agreement: float | None = None
     notes: list[str] = field(default_factory=list)
+    # () -> the fused units' folded convolutions (executors.ConvRunner), read live for the tally of
+    # the forms their first calls chose
+    conv_runners: Callable[[], list] | None = field(default=None, repr=False)
+
+    def form_tally(self) -> dict[str, Counter]:
+        """{"3×3": Counter(form name: convs), "1×1": ...}: the forms tuned convolutions run as,
+        one count per convolution and input shape, so far."""
+        tally: dict[str, Counter] = {}
+        for runner in self.conv_runners() if self.conv_runners else []:
+            kind = "1×1" if runner.pointwise_eligible else "3×3"
+            for form in runner.chosen.values():
+                tally.setdefault(kind, Counter())[FORM_NAMES[form]] += 1
+        return tally
 
     def patterns(self) -> dict[str, list[FusedEntry]]:
         groups: dict[str, list[FusedEntry]] = {}
@@ -87,5 +104,8 @@ class Report:
                 times = self.executor_timings.get(shape, {})
                 lines.append(f"  {shape}: {chosen}" + (" (" + ", ".join(f"{k} {v:.1f} ms" for k, v in times.items())
                                                        + ")" if times else ""))
+        for kind, counts in self.form_tally().items():
+            lines.append(f"{kind} convolutions on the winograd executor, per conv and input shape: "
+                         + ", ".join(f"{name} {n}" for name, n in counts.most_common()))
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)

@@ -8,8 +8,9 @@
 
 Folded (eval mode): both BatchNorms into their convs, CA's bn1 into conv1, the mixed conv into
 one depthwise conv (engine/depthwise.py). On the oneDNN executors the block is four calls: the
-expand conv on oneDNN, one C pass for PReLU + mixed depthwise conv, one for coordinate attention,
-the project conv on oneDNN with the residual add in its epilogue. On aten (and CUDA, and export)
+expand conv, one C pass for PReLU + mixed depthwise conv, one for coordinate attention, the
+project conv with the residual add in its epilogue; the 1×1 convs on oneDNN, or on the winograd
+executor on ferfuse's GEMM (engine/pointwise.py) where their first call timed it faster. On aten (and CUDA, and export)
 the same folded weights run as torch ops.
 """
 import torch
@@ -98,9 +99,10 @@ class FusedMixDepthwise(MobileBlockUnit):
             u = f["expand"].run(x, executor="aten")
             y = f["gate"].run_torch(f["mixed"].run_torch(u))
             return f["project"].run(y, residual=residual, executor="aten")
-        u = f["expand"].direct(x)  # a fresh map: the C pass applies the PReLU to it in place
+        executor = self.conv_executor()  # onednn, or winograd: each 1×1 conv on its timed GEMM
+        u = f["expand"].run(x, executor=executor)  # a fresh map: the C pass applies the PReLU to it in place
         y = f["gate"].run_c(f["mixed"].run_c(u))
-        return f["project"].direct(y, residual=residual)
+        return f["project"].run(y, residual=residual, executor=executor)
 
 
 class MixDepthwisePattern:

@@ -1,0 +1,185 @@
+/* 1x1 (pointwise) convolution on channels-last maps as a GEMM with its epilogue fused:
+ *
+ *   y[p, n] = act(sum_k x[p, k] w[n, k] + bias[n] (+ res[p, n]))      p over B*H*W pixels
+ *
+ * The expand and project convolutions of mobile blocks (EfficientNet's MBConv in HAFEM, MHAN's
+ * Mix_Depth_Wise) are most of their networks' multiply-adds. oneDNN ran them at 100-140 GFLOP/s
+ * on a 2-core AVX2 EPYC, where ONNX Runtime's MLAS kernels ran the same layers at ~170; this is a
+ * register-blocked GEMM in the way of BLIS (Van Zee & van de Geijn, 2015), chosen per layer and
+ * input shape against oneDNN by timing (engine/pointwise.py), so a CPU where oneDNN is faster
+ * keeps oneDNN.
+ *
+ * Layouts (float32):
+ *   x:   M x K      (a channels-last map: pixel-major, channels contiguous)
+ *   wp:  P x K x NR the weight packed once: panel j holds output channels [NR j, NR j + NR) for
+ *                   every k contiguously, zero-padded past N (P = ceil(N / NR))
+ *   bias: P * NR    zero-padded
+ *   y, res: M x N
+ * Blocking: the micro-kernel keeps an MR x NR tile of y in 12 AVX registers over a block of KC
+ * input channels; a KC x NR panel of wp (16 KB) stays in L1 while it sweeps an MC-pixel block of x
+ * (in L2). K beyond KC accumulates through y, one KC-block sum at a time.
+ * FMA contraction rounds once per multiply-add; no -ffast-math: NaN and Inf propagate. */
+#include <stdint.h>
+
+#define MR 6
+#define NR 16
+#define KC 256
+#define MC 96 /* pixels per task block: a multiple of MR */
+
+enum { ACT_NONE = 0, ACT_RELU = 1, ACT_SILU = 2 };
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+
+#define INLINE static inline __attribute__((always_inline))
+
+/* x * sigmoid(x), the sigmoid as depthwise.c's: e^-x = 2^n e^r, n = round(-x / ln 2), e^r a
+ * degree-7 Taylor polynomial (|r| <= ln(2)/2, truncation < 2e-9); -x clamped to [-87, 88] where
+ * the sigmoid is 0 or 1 to float precision. A NaN x gives NaN (x times a finite gate). */
+INLINE __m256 silu8(__m256 v) {
+    __m256 x = _mm256_sub_ps(_mm256_setzero_ps(), v);
+    x = _mm256_and_ps(x, _mm256_cmp_ps(x, x, _CMP_ORD_Q));  /* NaN -> 0 (the product keeps NaN) */
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.f)), _mm256_set1_ps(88.f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.4286068203e-06f), r);  /* ln 2 in two parts */
+    __m256 p = _mm256_set1_ps(1.f / 5040.f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 720.f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 120.f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 24.f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 6.f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    __m256 gate = _mm256_div_ps(_mm256_set1_ps(1.f), _mm256_fmadd_ps(p, _mm256_castsi256_ps(e), _mm256_set1_ps(1.f)));
+    return _mm256_mul_ps(v, gate);
+}
+
+INLINE __m256 activate8(__m256 v, int act) {
+    if (act == ACT_RELU) return _mm256_max_ps(_mm256_setzero_ps(), v);  /* max(0, NaN) is NaN, as torch.relu */
+    if (act == ACT_SILU) return silu8(v);
+    return v;
+}
+
+/* lanes l < n of 8 set: the load/store mask of a tail block of output channels */
+INLINE __m256i lane_mask(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* One MR x NR tile of y at rows [0, mr), channels [n0, n0 + nr) (nr <= NR), over input channels
+ * [k0, k0 + kc). Rows past mr read row mr - 1 (computed, never stored), so a short tail tile runs
+ * the same register code. first: start from the bias, else from zero and add y's partial sum at the
+ * end (blocks of KC summed apart: smaller rounding error over long K); last: add the residual,
+ * apply act. */
+static void tile(const float *x, int64_t K, const float *panel, const float *bias, const float *res, float *y,
+                 int64_t N, int mr, int nr, int kc, int first, int last, int act) {
+    const float *a[MR];
+    for (int i = 0; i < MR; i++) a[i] = x + (i < mr ? i : mr - 1) * K;
+    __m256i m0 = lane_mask(nr), m1 = lane_mask(nr - 8);
+    __m256 c[MR][2];
+    for (int i = 0; i < MR; i++) {  /* a later K-block sums from zero and is added to y after */
+        c[i][0] = first ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
+        c[i][1] = first ? _mm256_loadu_ps(bias + 8) : _mm256_setzero_ps();
+    }
+    /* the 12 accumulators as named locals: kept in an array that the epilogue indexes, gcc stored
+     * them to the stack on every k (half the kernel's speed) */
+#define ACC(i) __m256 c##i##0 = c[i][0], c##i##1 = c[i][1];
+    ACC(0) ACC(1) ACC(2) ACC(3) ACC(4) ACC(5)
+    const float *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3], *a4 = a[4], *a5 = a[5];
+#define FMA_ROW(i)                                           \
+    {                                                        \
+        __m256 ai = _mm256_broadcast_ss(a##i + k);           \
+        c##i##0 = _mm256_fmadd_ps(ai, b0, c##i##0);          \
+        c##i##1 = _mm256_fmadd_ps(ai, b1, c##i##1);          \
+    }
+    for (int k = 0; k < kc; k++) {
+        __m256 b0 = _mm256_loadu_ps(panel + k * NR), b1 = _mm256_loadu_ps(panel + k * NR + 8);
+        FMA_ROW(0) FMA_ROW(1) FMA_ROW(2) FMA_ROW(3) FMA_ROW(4) FMA_ROW(5)
+    }
+#define OUT(i) c[i][0] = c##i##0; c[i][1] = c##i##1;
+    OUT(0) OUT(1) OUT(2) OUT(3) OUT(4) OUT(5)
+#undef ACC
+#undef FMA_ROW
+#undef OUT
+    for (int i = 0; i < MR; i++) {
+        if (i >= mr) break;
+        __m256 v0 = c[i][0], v1 = c[i][1];
+        if (!first) {
+            v0 = _mm256_add_ps(v0, _mm256_maskload_ps(y + i * N, m0));
+            v1 = _mm256_add_ps(v1, _mm256_maskload_ps(y + i * N + 8, m1));
+        }
+        if (last) {
+            if (res) {
+                v0 = _mm256_add_ps(v0, _mm256_maskload_ps(res + i * N, m0));
+                v1 = _mm256_add_ps(v1, _mm256_maskload_ps(res + i * N + 8, m1));
+            }
+            v0 = activate8(v0, act);
+            v1 = activate8(v1, act);
+        }
+        if (nr == NR) {
+            _mm256_storeu_ps(y + i * N, v0);
+            _mm256_storeu_ps(y + i * N + 8, v1);
+        } else {
+            _mm256_maskstore_ps(y + i * N, m0, v0);
+            _mm256_maskstore_ps(y + i * N + 8, m1, v1);
+        }
+    }
+}
+
+int pointwise_vectorised(void) { return 1; }
+
+#else /* no AVX2 + FMA: a plain loop, correct and slow (the timing then keeps oneDNN) */
+#include <math.h>
+
+static float activate1(float v, int act) {
+    if (act == ACT_RELU) return v < 0.f ? 0.f : v;
+    if (act == ACT_SILU) return v / (1.f + expf(-v));
+    return v;
+}
+
+static void tile(const float *x, int64_t K, const float *panel, const float *bias, const float *res, float *y,
+                 int64_t N, int mr, int nr, int kc, int first, int last, int act) {
+    for (int i = 0; i < mr; i++)
+        for (int n = 0; n < nr; n++) {
+            float s = first ? bias[n] : y[i * N + n];
+            for (int k = 0; k < kc; k++) s += x[i * K + k] * panel[k * NR + n];
+            if (last) s = activate1(res ? s + res[i * N + n] : s, act);
+            y[i * N + n] = s;
+        }
+}
+
+int pointwise_vectorised(void) { return 0; }
+#endif
+
+/* y = act(x w^T + bias (+ res)); tasks are blocks of MC pixels times runs of output-channel
+ * panels, enough of them to keep every thread busy on a 7x7 map (49 pixels) as on a 112x112 one. */
+void pointwise_conv(const float *x, const float *wp, const float *bias, const float *res, float *y, int64_t M,
+                    int K, int N, int act, int threads) {
+    int panels = (N + NR - 1) / NR;
+    int64_t mblocks = (M + MC - 1) / MC;
+    int64_t want = 4 * (int64_t)threads;  /* tasks wanted: a few per thread, for balance */
+    int nchunks = mblocks >= want ? 1 : (int)((want + mblocks - 1) / mblocks);
+    if (nchunks > panels) nchunks = panels;
+    int per_chunk = (panels + nchunks - 1) / nchunks;
+    nchunks = (panels + per_chunk - 1) / per_chunk;
+    int64_t tasks = mblocks * nchunks;
+    _Pragma("omp parallel for num_threads(threads) schedule(static)")
+    for (int64_t t = 0; t < tasks; t++) {
+        int64_t m0 = (t / nchunks) * MC, m1 = m0 + MC < M ? m0 + MC : M;
+        int j0 = (int)(t % nchunks) * per_chunk, j1 = j0 + per_chunk < panels ? j0 + per_chunk : panels;
+        for (int k0 = 0; k0 < K; k0 += KC) {
+            int kc = K - k0 < KC ? K - k0 : KC;
+            for (int j = j0; j < j1; j++) {
+                int n0 = j * NR, nr = N - n0 < NR ? N - n0 : NR;
+                const float *panel = wp + ((int64_t)j * K + k0) * NR;
+                for (int64_t m = m0; m < m1; m += MR) {
+                    int mr = m1 - m < MR ? (int)(m1 - m) : MR;
+                    tile(x + m * K + k0, K, panel, bias + n0, res ? res + m * N + n0 : 0, y + m * N + n0, N, mr, nr,
+                         kc, k0 == 0, k0 + kc == K, act);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,70 @@
+"""1×1 convolutions as ferfuse's own GEMM (pointwise.c): the expand and project convolutions of
+the mobile blocks (HAFEM's MBConv, MHAN's Mix_Depth_Wise), with bias, the residual add and ReLU or
+SiLU fused. On the `winograd` executor each eligible 1×1 conv times this against oneDNN's on its
+first call at an input shape and keeps the faster (engine/executors.py), so no speed claim measured
+on one CPU decides for another: without AVX2 and FMA the C file compiles to a plain loop that the
+timing never keeps.
+
+Errors: each K-block of 256 input channels is summed from zero in registers and added to the
+running sum, as a blocked GEMM does; measured against float64 in tests/engine/test_pointwise.py
+beside oneDNN's."""
+import ctypes
+from pathlib import Path
+
+import torch
+
+from . import native
+
+SOURCE = Path(__file__).with_name("pointwise.c")
+NR = 16  # output channels per packed panel (pointwise.c)
+ACT_CODES = {None: 0, "relu": 1, "silu": 2}  # pointwise.c's ACT_*
+
+
+def _declare(lib):
+    p, i = ctypes.c_void_p, ctypes.c_int
+    lib.pointwise_conv.argtypes = [p, p, p, p, p, ctypes.c_int64, i, i, i, i]
+    lib.pointwise_vectorised.restype = i
+
+
+LIBRARY = native.Library(SOURCE, _declare)
+
+
+def eligible(weight: torch.Tensor, stride, padding, dilation, groups: int) -> bool:
+    """A dense stride-1 unpadded 1×1 float32 CPU convolution."""
+    return (groups == 1 and tuple(weight.shape[2:]) == (1, 1) and tuple(stride) == (1, 1)
+            and tuple(padding) == (0, 0) and tuple(dilation) == (1, 1)
+            and weight.dtype == torch.float32 and weight.device.type == "cpu")
+
+
+def unavailable_reason() -> str | None:
+    return LIBRARY.unavailable_reason()
+
+
+class PointwiseConv:
+    """A folded 1×1 conv, weight packed once into NR-channel panels (pointwise.c's layout)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        n, k = weight.shape[:2]
+        panels = -(-n // NR)
+        w = weight.new_zeros(panels * NR, k)
+        w[:n] = weight.detach().reshape(n, k)
+        self.packed = w.view(panels, NR, k).transpose(1, 2).contiguous()  # panels × K × NR
+        self.bias = weight.new_zeros(panels * NR)
+        if bias is not None:
+            self.bias[:n] = bias.detach()
+        self.out_channels, self.in_channels = n, k
+
+    @torch.compiler.disable  # raw pointers: a compiler cannot see the writes
+    def run(self, x: torch.Tensor, act: str | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """act(conv(x) + residual) as a channels-last map; act None, 'relu' or 'silu'."""
+        b, c, h, w = x.shape
+        if c != self.in_channels:
+            raise ValueError(f"expected {self.in_channels} input channels, got {c}")
+        x = x.contiguous(memory_format=torch.channels_last)
+        if residual is not None:
+            residual = residual.contiguous(memory_format=torch.channels_last)
+        y = torch.empty((b, self.out_channels, h, w), memory_format=torch.channels_last)
+        LIBRARY.get().pointwise_conv(native.ptr(x), native.ptr(self.packed), native.ptr(self.bias),
+                                     native.ptr(residual), native.ptr(y), b * h * w, c, self.out_channels,
+                                     ACT_CODES[act], torch.get_num_threads())
+        return y
