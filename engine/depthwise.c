@@ -223,32 +223,49 @@ void coordinate_attention(float *y, int B, int H, int W, int C, int mip, const f
 }
 
 /* Squeeze-and-excitation (Hu et al., CVPR 2018) applied in place, as EfficientNet's MBConv has it:
- * s = sigmoid(w2 act(w1 GAP(y) + b1) + b2) per sample, y = y * s. scratch: B*C floats (the means,
- * then the gates in their place). The MLP runs one sample per thread: splitting one sample's
- * ~0.5 M multiply-adds across threads measured slower here (two more fork-joins per block). */
+ * s = sigmoid(w2 act(w1 GAP(y) + b1) + b2) per sample, y = y * s.
+ * One parallel region with three loops (a fork-join per loop, three per block, cost more than the
+ * block's own work on 7x7 maps at batch 1). The GAP splits each sample's pixels into `chunks`
+ * ranges, each summed into its own partial sums: at batch 1 a 112x112 map of 24 channels is two
+ * 16-channel blocks, which split by channels alone left one of two threads idle. The MLP runs one sample per thread: splitting one
+ * sample's ~0.5 M multiply-adds across threads measured slower here.
+ * scratch: B*chunks*C floats (the partial sums; then each sample's first row holds its gate). */
 void squeeze_excite(float *y, int B, int HW, int C, int hidden, const float *w1, const float *b1, const float *w2t,
-                    const float *b2, int act, float *scratch, int threads) {
-    int blocks = (C + L - 1) / L;
-    int64_t tasks = (int64_t)B * blocks;
-    _Pragma("omp parallel for num_threads(threads) schedule(static)")
-    for (int64_t t = 0; t < tasks; t++) {  /* GAP, one block of channels of one sample per task */
-        int b = (int)(t / blocks), c0 = (int)(t % blocks) * L, lanes = C - c0 < L ? C - c0 : L;
-        float sum[L] = {0.f};
-        const float *yb = y + (int64_t)b * HW * C + c0;
-        for (int64_t p = 0; p < HW; p++)
-            for (int l = 0; l < lanes; l++) sum[l] += yb[p * C + l];
-        for (int l = 0; l < lanes; l++) scratch[(int64_t)b * C + c0 + l] = sum[l] / (float)HW;
-    }
-    _Pragma("omp parallel for num_threads(threads) schedule(static)")
-    for (int b = 0; b < B; b++) {
-        float z[hidden];
-        gate_mlp(scratch + (int64_t)b * C, scratch + (int64_t)b * C, C, hidden, w1, b1, w2t, b2, act, z);
-    }
+                    const float *b2, int act, float *scratch, int chunks, int threads) {
     int64_t pixels = (int64_t)B * HW;
-    _Pragma("omp parallel for num_threads(threads) schedule(static)")
-    for (int64_t p = 0; p < pixels; p++) {
-        const float *restrict s = scratch + (p / HW) * C;
-        float *restrict out = y + p * C;
-        for (int c = 0; c < C; c++) out[c] = out[c] * s[c];
+    _Pragma("omp parallel num_threads(threads)")
+    {
+        _Pragma("omp for schedule(static)")
+        for (int64_t t = 0; t < (int64_t)B * chunks; t++) {  /* partial sums of one pixel range */
+            int b = (int)(t / chunks), part = (int)(t % chunks);
+            int64_t p0 = (int64_t)HW * part / chunks, p1 = (int64_t)HW * (part + 1) / chunks;
+            float *restrict sum = scratch + t * C;
+            const float *yb = y + (int64_t)b * HW * C;
+            for (int c0 = 0; c0 < C; c0 += L) {  /* L channels summed in registers down the pixels */
+                float acc[L] = {0.f};
+                if (c0 + L <= C) {
+                    for (int64_t p = p0; p < p1; p++)
+                        for (int l = 0; l < L; l++) acc[l] += yb[p * C + c0 + l];
+                } else {
+                    for (int64_t p = p0; p < p1; p++)
+                        for (int l = 0; l < C - c0; l++) acc[l] += yb[p * C + c0 + l];
+                }
+                for (int l = 0; l < L && c0 + l < C; l++) sum[c0 + l] = acc[l];
+            }
+        }
+        _Pragma("omp for schedule(static)")
+        for (int b = 0; b < B; b++) {  /* the mean, then the gate, in the sample's first partial row */
+            float *m = scratch + (int64_t)b * chunks * C, z[hidden];
+            for (int part = 1; part < chunks; part++)
+                for (int c = 0; c < C; c++) m[c] += m[(int64_t)part * C + c];
+            for (int c = 0; c < C; c++) m[c] /= (float)HW;
+            gate_mlp(m, m, C, hidden, w1, b1, w2t, b2, act, z);
+        }
+        _Pragma("omp for schedule(static)")
+        for (int64_t p = 0; p < pixels; p++) {
+            const float *restrict s = scratch + (p / HW) * chunks * C;
+            float *restrict out = y + p * C;
+            for (int c = 0; c < C; c++) out[c] = out[c] * s[c];
+        }
     }
 }

@@ -28,7 +28,7 @@ def _declare(lib):
     i, p = ctypes.c_int, ctypes.c_void_p
     lib.mixed_depthwise.argtypes = [p, p, p, p, p, i, i, i, i, i, i, i, i, i, p, p, i]
     lib.coordinate_attention.argtypes = [p, i, i, i, i, i, p, p, p, p, p, p, p, i]
-    lib.squeeze_excite.argtypes = [p, i, i, i, i, p, p, p, p, i, p, i]
+    lib.squeeze_excite.argtypes = [p, i, i, i, i, p, p, p, p, i, p, i, i]
 
 
 LIBRARY = native.Library(SOURCE, _declare)
@@ -146,8 +146,10 @@ class SqueezeExcite:
         if not y.is_contiguous(memory_format=torch.channels_last):
             raise ValueError("squeeze-excite's C pass runs in place on a channels-last map")
         n, c, h, w = y.shape
-        scratch = torch.empty(n * c)
+        threads = torch.get_num_threads()
+        chunks = -(-threads // n)  # pixel ranges per sample: every thread sums one at batch 1 too
+        scratch = torch.empty(n * chunks * c)
         w1, b1, w2t, b2 = (native.ptr(t) for t in self.packed)
         LIBRARY.get().squeeze_excite(native.ptr(y), n, h * w, c, self.w1.shape[0], w1, b1, w2t, b2,
-                                     ACTIVATIONS[self.act][0], native.ptr(scratch), torch.get_num_threads())
+                                     ACTIVATIONS[self.act][0], native.ptr(scratch), chunks, threads)
         return y
