@@ -99,15 +99,26 @@ def fastest(candidates, run, runs: int = TIMED_RUNS) -> tuple[object, dict]:
     return min(timings, key=timings.get), timings
 
 
+# A choice is checked once against the calls it then serves: after RECHECK_AFTER calls of a shape,
+# if the fastest of them took over RECHECK_MARGIN × the time the losing executor was timed at, a
+# burst of load on the machine during the first call's timing picked the slower executor
+# (HAFEM at batch 1 on this 2-core machine: aten at 95 ms kept against the winograd executor's
+# ~70), and the shape is timed again on its next call.
+RECHECK_AFTER = 8
+RECHECK_MARGIN = 1.25
+
+
 class ExecutorChoice:
     """Per input shape, the fastest of `candidates`, timed on the first call of that shape (a
-    call in flight for another shape waits for the timing). `by_shape` and `timings` are read
-    by the report."""
+    call in flight for another shape waits for the timing) and checked once against the calls
+    that follow (`observe`). `by_shape`, `timings` and `retimed` are read by the report."""
 
     def __init__(self, candidates: tuple[str, ...]):
         self.candidates = candidates
         self.by_shape: dict[tuple, str] = {}
         self.timings: dict[tuple, dict[str, float]] = {}
+        self.retimed: dict[tuple, str] = {}  # shape -> why it was timed again
+        self._observed: dict[tuple, list[float]] = {}  # shape -> ms of the calls since its timing
         self._lock = threading.Lock()
 
     def __getstate__(self):  # deepcopy/pickle of an optimised model: the lock is not state
@@ -130,10 +141,31 @@ class ExecutorChoice:
             if len(self.candidates) == 1:
                 return self.candidates[0]
             best, self.timings[shape] = fastest(self.candidates, run)
+            self._observed[shape] = []
             return best
 
         shape = tuple(x.shape)
         return once(self.by_shape, shape, self._lock, choose)
+
+    def observe(self, shape: tuple, ms: float):
+        """One call of `shape` on its chosen executor took `ms`; the RECHECK_AFTER-th decides."""
+        seen = self._observed.get(shape)
+        if seen is None or shape in self.retimed:  # not timed (one candidate), or checked already
+            return
+        seen.append(ms)
+        # checked once (a racing call may have taken it): a shape that still loses on re-timing stays
+        if len(seen) < RECHECK_AFTER or self._observed.pop(shape, None) is None:
+            return
+        chosen, timed = self.by_shape.get(shape), self.timings.get(shape, {})
+        losers = {k: v for k, v in timed.items() if k != chosen}
+        if chosen is None or not losers:
+            return
+        loser = min(losers, key=losers.get)
+        if min(seen) > RECHECK_MARGIN * losers[loser]:
+            self.retimed[shape] = (f"timed again: its {len(seen)} calls on {chosen} took at best {min(seen):.1f} ms, "
+                                   f"against {losers[loser]:.1f} ms timed on {loser}")
+            with self._lock:
+                self.by_shape.pop(shape, None)
 
 
 def onednn_available() -> bool:

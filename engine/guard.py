@@ -8,6 +8,7 @@ spatial sizes it can take from a shape-only run of the original forward on the `
 size for a model that names none (`input_size`), and the guard selects, per input shape, the
 convolution executor its `ExecutorChoice` timed fastest."""
 import copy
+import time
 import types
 
 import torch
@@ -107,8 +108,11 @@ def _guarded_forward(self, x, *args, **kwargs):
         if guard.choice is not None and selected_executor() is None and not in_original_path() \
                 and not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and x.requires_grad):
             executor = guard.choice.for_input(x, lambda t: _no_grad(inner, t, *args, **kwargs))
+            t0 = time.perf_counter()
             with use_executor(executor):
-                return inner(x, *args, **kwargs)
+                out = inner(x, *args, **kwargs)
+            guard.choice.observe(tuple(x.shape), (time.perf_counter() - t0) * 1e3)
+            return out
     return inner(x, *args, **kwargs)
 
 

@@ -164,6 +164,7 @@ def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32"
     guard = InputGuard(model, device, nonfinite_to_original=any(e in ONEDNN_EXECUTORS for e in executors))
     guard.choice = ExecutorChoice(executors)
     rep.executor_by_shape, rep.executor_timings = guard.choice.by_shape, guard.choice.timings
+    rep.executor_retimed = guard.choice.retimed
 
     units, claimed = [], set()
     for pattern in all_patterns():

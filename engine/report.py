@@ -30,6 +30,7 @@ class Report:
     executors: tuple[str, ...] = ("aten",)  # the convolution executors that may run (engine/executors.py)
     executor_by_shape: dict = field(default_factory=dict)  # input shape -> executor, filled by first calls
     executor_timings: dict = field(default_factory=dict)  # input shape -> {executor: ms}
+    executor_retimed: dict = field(default_factory=dict)  # input shape -> why it was timed again
     fused: list[FusedEntry] = field(default_factory=list)
     skipped: list[Skip] = field(default_factory=list)
     reverted: list[tuple[FusedEntry, str]] = field(default_factory=list)
@@ -104,6 +105,8 @@ class Report:
                 times = self.executor_timings.get(shape, {})
                 lines.append(f"  {shape}: {chosen}" + (" (" + ", ".join(f"{k} {v:.1f} ms" for k, v in times.items())
                                                        + ")" if times else ""))
+                if shape in self.executor_retimed:
+                    lines.append(f"    {self.executor_retimed[shape]}")
         for kind, counts in self.form_tally().items():
             lines.append(f"{kind} convolutions on the winograd executor, per conv and input shape: "
                          + ", ".join(f"{name} {n}" for name, n in counts.most_common()))

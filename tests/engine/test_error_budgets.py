@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 import ferfuse
+from ferfuse.engine import executors
 from ferfuse import models
 from ferfuse.engine.patterns.resnet_block import FusedBasicBlock
 from ferfuse.engine.verify import budget
@@ -101,6 +102,38 @@ def test_one_optimize_serves_every_batch_size():
         assert fused <= LOGITS_K * original + 1e-6, f"batch {batch}: {fused:.2e} vs {original:.2e}"
         assert rep.executor_for(x.shape) in rep.executors
     assert {s[0] for s in rep.executor_by_shape} == {1, 2, 8, 32} and "(32, 3, 112, 112)" in str(rep)
+
+
+def test_a_mistimed_executor_choice_is_timed_again(monkeypatch):
+    """A first-call timing that a burst of load skewed (the slower executor kept) is checked once
+    against the calls that follow: when they run over RECHECK_MARGIN × the loser's timing, the
+    shape is timed again on its next call, and the report says why. A sound choice stays."""
+    costs = {"slow": 5.0, "fast": 1.0}  # ms a call takes on each executor
+    skewed = [True]  # the first timing: a burst hit "fast"
+
+    def timing(candidates, run, runs=executors.TIMED_RUNS):
+        times = {"slow": 1.0, "fast": 2.0} if skewed.pop() else dict(costs)
+        return min(times, key=times.get), times
+
+    monkeypatch.setattr(executors, "fastest", timing)
+    choice, shape = executors.ExecutorChoice(("slow", "fast")), (1, 3, 8, 8)
+    x = torch.zeros(shape)
+    assert choice.for_input(x, lambda t: None) == "slow"
+    for _ in range(executors.RECHECK_AFTER):
+        assert choice.for_input(x, lambda t: None) == "slow"
+        choice.observe(shape, costs["slow"])
+    assert shape not in choice.by_shape and "5.0 ms, against 2.0 ms timed on fast" in choice.retimed[shape]
+    skewed.append(False)
+    assert choice.for_input(x, lambda t: None) == "fast"  # timed again, without the burst
+    for _ in range(2 * executors.RECHECK_AFTER):  # checked once only
+        choice.observe(shape, costs["fast"] * 10)
+    assert choice.by_shape[shape] == "fast"
+    steady = executors.ExecutorChoice(("slow", "fast"))
+    skewed.append(False)
+    steady.for_input(x, lambda t: None)
+    for _ in range(executors.RECHECK_AFTER):
+        steady.observe(shape, costs["fast"] * 1.2)  # a little slower than timed: no re-timing
+    assert steady.by_shape[shape] == "fast" and not steady.retimed
 
 
 def test_upstream_mhan_class_needs_no_arguments():
