@@ -1,4 +1,4 @@
-"""C kernels of the CPU executors (winograd.c, depthwise.c): built with the system C compiler on
+"""C kernels of the CPU executors (winograd.c, depthwise.c, pointwise.c): built with the system C compiler on
 first use, cached under ~/.cache/ferfuse (FERFUSE_CACHE) per source, compiler, flags and CPU, and
 loaded with ctypes. Where no compiler is found or the build fails, `Library.get()` raises
 `NativeUnavailable` with the reason, which optimize() reports."""

@@ -108,7 +108,7 @@ class Report:
                 if shape in self.executor_retimed:
                     lines.append(f"    {self.executor_retimed[shape]}")
         for kind, counts in self.form_tally().items():
-            lines.append(f"{kind} convolutions on the winograd executor, per conv and input shape: "
+            lines.append(f"tuned {kind} convolutions (winograd executor), per conv and input shape: "
                          + ", ".join(f"{name} {n}" for name, n in counts.most_common()))
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
