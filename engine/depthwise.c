@@ -227,8 +227,8 @@ void coordinate_attention(float *y, int B, int H, int W, int C, int mip, const f
  * One parallel region with three loops (a fork-join per loop, three per block, cost more than the
  * block's own work on 7x7 maps at batch 1). The GAP splits each sample's pixels into `chunks`
  * ranges, each summed into its own partial sums: at batch 1 a 112x112 map of 24 channels is two
- * 16-channel blocks, which split by channels alone left one of two threads idle. The MLP runs one sample per thread: splitting one
- * sample's ~0.5 M multiply-adds across threads measured slower here.
+ * 16-channel blocks, which split by channels alone left one of two threads idle. The MLP runs one
+ * sample per thread: splitting one sample's ~0.5 M multiply-adds across threads measured slower.
  * scratch: B*chunks*C floats (the partial sums; then each sample's first row holds its gate). */
 void squeeze_excite(float *y, int B, int HW, int C, int hidden, const float *w1, const float *b1, const float *w2t,
                     const float *b2, int act, float *scratch, int chunks, int threads) {

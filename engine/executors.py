@@ -213,7 +213,6 @@ class ConvRunner:
         self._winograd: dict[int, winograd.WinogradConv] = {}  # per tile size, built on first use
         self.pointwise_eligible = pointwise.eligible(weight, stride, padding, dilation, groups)
         self._gemm: pointwise.PointwiseConv | None = None  # packed on first use
-        self._gemm_shapes = 0  # input shapes whose timing kept the GEMM
         self.chosen: dict[tuple, int | str | None] = {}  # input shape -> tuned form, for the report
 
     @classmethod
@@ -309,9 +308,8 @@ class ConvRunner:
                     conv.drop_packed(x.shape)
             if best is not None:
                 self._packed.pop(tuple(x.shape), None)
-            if best == "gemm":
-                self._gemm_shapes += 1
-            elif self._gemm_shapes == 0:  # the GEMM's packing, where no shape kept it
+            # the GEMM's packing, where no input shape kept it
+            if best != "gemm" and "gemm" not in self.chosen.values():
                 self._gemm = None
             return best
 

@@ -78,14 +78,12 @@ static void tile(const float *x, int64_t K, const float *panel, const float *bia
     const float *a[MR];
     for (int i = 0; i < MR; i++) a[i] = x + (i < mr ? i : mr - 1) * K;
     __m256i m0 = lane_mask(nr), m1 = lane_mask(nr - 8);
-    __m256 c[MR][2];
-    for (int i = 0; i < MR; i++) {  /* a later K-block sums from zero and is added to y after */
-        c[i][0] = first ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
-        c[i][1] = first ? _mm256_loadu_ps(bias + 8) : _mm256_setzero_ps();
-    }
+    /* a later K-block sums from zero and is added to y after */
+    __m256 init0 = first ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
+    __m256 init1 = first ? _mm256_loadu_ps(bias + 8) : _mm256_setzero_ps();
     /* the 12 accumulators as named locals: kept in an array that the epilogue indexes, gcc stored
-     * them to the stack on every k (half the kernel's speed) */
-#define ACC(i) __m256 c##i##0 = c[i][0], c##i##1 = c[i][1];
+     * them to the stack on every k (half the kernel's speed); copied to one after the loop */
+#define ACC(i) __m256 c##i##0 = init0, c##i##1 = init1;
     ACC(0) ACC(1) ACC(2) ACC(3) ACC(4) ACC(5)
     const float *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3], *a4 = a[4], *a5 = a[5];
 #define FMA_ROW(i)                                           \
@@ -98,6 +96,7 @@ static void tile(const float *x, int64_t K, const float *panel, const float *bia
         __m256 b0 = _mm256_loadu_ps(panel + k * NR), b1 = _mm256_loadu_ps(panel + k * NR + 8);
         FMA_ROW(0) FMA_ROW(1) FMA_ROW(2) FMA_ROW(3) FMA_ROW(4) FMA_ROW(5)
     }
+    __m256 c[MR][2];
 #define OUT(i) c[i][0] = c##i##0; c[i][1] = c##i##1;
     OUT(0) OUT(1) OUT(2) OUT(3) OUT(4) OUT(5)
 #undef ACC
@@ -128,7 +127,6 @@ static void tile(const float *x, int64_t K, const float *panel, const float *bia
     }
 }
 
-int pointwise_vectorised(void) { return 1; }
 
 #else /* no AVX2 + FMA: a plain loop, correct and slow (the timing then keeps oneDNN) */
 #include <math.h>
@@ -150,7 +148,6 @@ static void tile(const float *x, int64_t K, const float *panel, const float *bia
         }
 }
 
-int pointwise_vectorised(void) { return 0; }
 #endif
 
 /* y = act(x w^T + bias (+ res)); tasks are blocks of MC pixels times runs of output-channel

@@ -23,7 +23,6 @@ ACT_CODES = {None: 0, "relu": 1, "silu": 2}  # pointwise.c's ACT_*
 def _declare(lib):
     p, i = ctypes.c_void_p, ctypes.c_int
     lib.pointwise_conv.argtypes = [p, p, p, p, p, ctypes.c_int64, i, i, i, i]
-    lib.pointwise_vectorised.restype = i
 
 
 LIBRARY = native.Library(SOURCE, _declare)

@@ -10,8 +10,8 @@ Folded (eval mode): both BatchNorms into their convs, CA's bn1 into conv1, the m
 one depthwise conv (engine/depthwise.py). On the oneDNN executors the block is four calls: the
 expand conv, one C pass for PReLU + mixed depthwise conv, one for coordinate attention, the
 project conv with the residual add in its epilogue; the 1×1 convs on oneDNN, or on the winograd
-executor on ferfuse's GEMM (engine/pointwise.py) where their first call timed it faster. On aten (and CUDA, and export)
-the same folded weights run as torch ops.
+executor on ferfuse's GEMM (engine/pointwise.py) where their first call timed it faster. On aten
+(and CUDA, and export) the same folded weights run as torch ops.
 """
 import torch
 import torch.nn as nn
