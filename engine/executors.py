@@ -7,7 +7,7 @@
 - `winograd` (CPU): `onednn`, except that each dense stride-1 3×3 convolution runs as Winograd
   F(4×4, 3×3), F(2×2, 3×3) or direct (engine/winograd.py), and each stride-1 1×1 convolution as
   ferfuse's own GEMM or oneDNN's (engine/pointwise.py), whichever its first call at an input shape
-  timed fastest.
+  timed fastest (a Winograd tile's GEMMs, too, run on whichever of the two timed faster).
 
 A fused model holds one `ConvRunner` per folded convolution; which executor a call uses is set
 by the model's guard for that call (`use_executor`), from an `ExecutorChoice` that times the
@@ -27,9 +27,10 @@ EXECUTORS = ("aten", "onednn", "winograd")
 # the CPU executors: oneDNN prepacked convs with fused epilogues (Winograd on top of oneDNN)
 ONEDNN_EXECUTORS = ("onednn", "winograd")
 # what verification runs so that every form a tuned conv can take at any shape is checked: the
-# executor name with its form forced on every conv that can take it (direct is `onednn`): a
-# Winograd tile for 3×3 convs, ferfuse's GEMM for 1×1 convs
-FORCED_FORM = {"winograd-f4": 4, "winograd-f2": 2, "pointwise": "gemm"}
+# executor name with its (form, Winograd GEMM engine) forced on every conv that can take it (direct
+# is `onednn`): a Winograd tile on either GEMM for 3×3 convs, ferfuse's GEMM for 1×1 convs
+FORCED_FORM = {"winograd-f4": (4, "onednn"), "winograd-f4-gemm": (4, "gemm"), "winograd-f2": (2, "onednn"),
+               "winograd-f2-gemm": (2, "gemm"), "pointwise": ("gemm", None)}
 TIMED_RUNS = 2  # timed calls per candidate after an untimed one (which packs); the fastest counts
 
 _SELECTED = threading.local()
@@ -67,7 +68,7 @@ def verification_forms(candidates: tuple[str, ...], runners=None) -> tuple[str, 
     for executor in candidates:
         forms += ["onednn", *FORCED_FORM] if executor == "winograd" else [executor]
     if runners is not None:
-        forms = [f for f in forms if f not in FORCED_FORM or any(r.can_take(FORCED_FORM[f]) for r in runners)]
+        forms = [f for f in forms if f not in FORCED_FORM or any(r.can_take(*FORCED_FORM[f]) for r in runners)]
     return tuple(dict.fromkeys(forms))
 
 
@@ -195,6 +196,7 @@ def pack_for_shape(cache: dict, shape: tuple, pack) -> torch.Tensor:
 
 # how the report names the tuned forms
 FORM_NAMES = {None: "oneDNN direct", 4: "Winograd F(4×4)", 2: "Winograd F(2×2)", "gemm": "ferfuse GEMM"}
+GEMM_ENGINE_NAMES = {"onednn": "oneDNN", "gemm": "ferfuse GEMM"}
 
 # activations a folded conv can apply in its epilogue: torch function and oneDNN's post-op name
 ACTIVATIONS = {"relu": (torch.relu, "relu"), "sigmoid": (torch.sigmoid, "sigmoid"), "silu": (F.silu, "swish")}
@@ -236,16 +238,22 @@ class ConvRunner:
             conv = self._winograd[tile] = winograd.WinogradConv(self.weight, self.bias, tile=tile)
         return conv
 
+    def winograd_engines(self) -> list[str]:
+        """The engines its Winograd tiles' GEMMs were timed onto, one per tile and input shape."""
+        return [engine for conv in list(self._winograd.values()) for engine in list(conv.engines.values())]
+
     def gemm(self) -> pointwise.PointwiseConv:
         if self._gemm is None:  # a racing thread packs an equal one: harmless
             self._gemm = pointwise.PointwiseConv(self.weight, self.bias)
         return self._gemm
 
-    def can_take(self, form) -> bool:
-        """Whether this conv can run as `form` (a Winograd tile, or "gemm") for some epilogue."""
+    def can_take(self, form, engine: str | None = None) -> bool:
+        """Whether this conv can run as `form` (a Winograd tile, its GEMMs on `engine`, or "gemm")
+        for some epilogue."""
+        gemm_built = pointwise.unavailable_reason() is None
         if form == "gemm":
-            return self.pointwise_eligible and pointwise.unavailable_reason() is None
-        return self.winograd_eligible
+            return self.pointwise_eligible and gemm_built
+        return self.winograd_eligible and (engine != "gemm" or gemm_built)
 
     def forms(self, act) -> tuple:
         """The forms a tuned call with epilogue `act` chooses from (None: oneDNN direct), or ()."""
@@ -263,17 +271,18 @@ class ConvRunner:
             return ACTIVATIONS[act][0](y) if act else y
         forms = self.forms(act) if executor != "onednn" else ()
         if forms:  # a forced form this conv cannot take runs direct
-            form = FORCED_FORM[executor] if executor in FORCED_FORM else self.tuned_form(x, act, residual, forms)
+            form, engine = FORCED_FORM.get(executor) or (self.tuned_form(x, act, residual, forms), None)
             if form in forms:
-                return self.run_form(form, x, act, residual)
+                return self.run_form(form, x, act, residual, engine)
         return self.direct(x, act, residual)
 
-    def run_form(self, form, x, act, residual):
+    def run_form(self, form, x, act, residual, engine: str | None = None):
+        """`form` (None: direct); a Winograd tile's GEMMs on `engine`, None: the one timed fastest."""
         if form is None:
             return self.direct(x, act, residual)
         if form == "gemm":
             return self.gemm().run(x, act, residual)
-        return self.winograd(form).run(x, relu=act == "relu", residual=residual)
+        return self.winograd(form).run(x, relu=act == "relu", residual=residual, engine=engine)
 
     def direct(self, x, act=None, residual=None):
         """oneDNN's direct convolution on the weight packed for x's shape, epilogue fused."""

@@ -10,11 +10,11 @@
  * keeps oneDNN.
  *
  * Layouts (float32):
- *   x:   M x K      (a channels-last map: pixel-major, channels contiguous)
+ *   x:   M x K      (a channels-last map: pixel-major, channels contiguous; rows ldx apart)
  *   wp:  P x K x NR the weight packed once: panel j holds output channels [NR j, NR j + NR) for
  *                   every k contiguously, zero-padded past N (P = ceil(N / NR))
  *   bias: P * NR    zero-padded
- *   y, res: M x N
+ *   y, res: M x N   (rows ldy apart)
  * Blocking: the micro-kernel keeps an MR x NR tile of y in 12 AVX registers over a block of KC
  * input channels; a KC x NR panel of wp (16 KB) stays in L1 while it sweeps an MC-pixel block of x
  * (in L2). K beyond KC accumulates through y, one KC-block sum at a time.
@@ -73,10 +73,10 @@ INLINE __m256i lane_mask(int n) {
  * the same register code. first: start from the bias, else from zero and add y's partial sum at the
  * end (blocks of KC summed apart: smaller rounding error over long K); last: add the residual,
  * apply act. */
-static void tile(const float *x, int64_t K, const float *panel, const float *bias, const float *res, float *y,
-                 int64_t N, int mr, int nr, int kc, int first, int last, int act) {
+static void tile(const float *x, int64_t ldx, const float *panel, const float *bias, const float *res, float *y,
+                 int64_t ldy, int mr, int nr, int kc, int first, int last, int act) {
     const float *a[MR];
-    for (int i = 0; i < MR; i++) a[i] = x + (i < mr ? i : mr - 1) * K;
+    for (int i = 0; i < MR; i++) a[i] = x + (i < mr ? i : mr - 1) * ldx;
     __m256i m0 = lane_mask(nr), m1 = lane_mask(nr - 8);
     /* a later K-block sums from zero and is added to y after */
     __m256 init0 = first ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
@@ -106,23 +106,23 @@ static void tile(const float *x, int64_t K, const float *panel, const float *bia
         if (i >= mr) break;
         __m256 v0 = c[i][0], v1 = c[i][1];
         if (!first) {
-            v0 = _mm256_add_ps(v0, _mm256_maskload_ps(y + i * N, m0));
-            v1 = _mm256_add_ps(v1, _mm256_maskload_ps(y + i * N + 8, m1));
+            v0 = _mm256_add_ps(v0, _mm256_maskload_ps(y + i * ldy, m0));
+            v1 = _mm256_add_ps(v1, _mm256_maskload_ps(y + i * ldy + 8, m1));
         }
         if (last) {
             if (res) {
-                v0 = _mm256_add_ps(v0, _mm256_maskload_ps(res + i * N, m0));
-                v1 = _mm256_add_ps(v1, _mm256_maskload_ps(res + i * N + 8, m1));
+                v0 = _mm256_add_ps(v0, _mm256_maskload_ps(res + i * ldy, m0));
+                v1 = _mm256_add_ps(v1, _mm256_maskload_ps(res + i * ldy + 8, m1));
             }
             v0 = activate8(v0, act);
             v1 = activate8(v1, act);
         }
         if (nr == NR) {
-            _mm256_storeu_ps(y + i * N, v0);
-            _mm256_storeu_ps(y + i * N + 8, v1);
+            _mm256_storeu_ps(y + i * ldy, v0);
+            _mm256_storeu_ps(y + i * ldy + 8, v1);
         } else {
-            _mm256_maskstore_ps(y + i * N, m0, v0);
-            _mm256_maskstore_ps(y + i * N + 8, m1, v1);
+            _mm256_maskstore_ps(y + i * ldy, m0, v0);
+            _mm256_maskstore_ps(y + i * ldy + 8, m1, v1);
         }
     }
 }
@@ -137,44 +137,54 @@ static float activate1(float v, int act) {
     return v;
 }
 
-static void tile(const float *x, int64_t K, const float *panel, const float *bias, const float *res, float *y,
-                 int64_t N, int mr, int nr, int kc, int first, int last, int act) {
+static void tile(const float *x, int64_t ldx, const float *panel, const float *bias, const float *res, float *y,
+                 int64_t ldy, int mr, int nr, int kc, int first, int last, int act) {
     for (int i = 0; i < mr; i++)
         for (int n = 0; n < nr; n++) {
-            float s = first ? bias[n] : y[i * N + n];
-            for (int k = 0; k < kc; k++) s += x[i * K + k] * panel[k * NR + n];
-            if (last) s = activate1(res ? s + res[i * N + n] : s, act);
-            y[i * N + n] = s;
+            float s = first ? bias[n] : y[i * ldy + n];
+            for (int k = 0; k < kc; k++) s += x[i * ldx + k] * panel[k * NR + n];
+            if (last) s = activate1(res ? s + res[i * ldy + n] : s, act);
+            y[i * ldy + n] = s;
         }
 }
 
 #endif
 
-/* y = act(x w^T + bias (+ res)); tasks are blocks of MC pixels times runs of output-channel
- * panels, enough of them to keep every thread busy on a 7x7 map (49 pixels) as on a 112x112 one. */
-void pointwise_conv(const float *x, const float *wp, const float *bias, const float *res, float *y, int64_t M,
-                    int K, int N, int act, int threads) {
+/* For each group g < G:  y_g = act(x_g w_g^T + bias_g (+ res_g)), where x_g is M x K at x + g K with
+ * rows ldx apart, y_g and res_g are M x N at y + g N with rows ldy apart, and w_g, bias_g the
+ * g-th packed weight and bias (bias NULL: none). G = 1 with ldx = K, ldy = N is a 1x1 convolution;
+ * the Winograd transform's 36 GEMMs (engine/winograd.py) are G = 36 on the transformed tiles in
+ * place (x rows 36 K apart). Tasks are (group, block of MC pixels, run of output-channel panels),
+ * enough of them to keep every thread busy on a 7x7 map (49 pixels) as on a 112x112 one. */
+void gemm_groups(const float *x, int64_t ldx, const float *wp, const float *bias, const float *res, float *y,
+                 int64_t ldy, int64_t M, int K, int N, int G, int act, int threads) {
     int panels = (N + NR - 1) / NR;
-    int64_t mblocks = (M + MC - 1) / MC;
+    int64_t mblocks = (M + MC - 1) / MC, blocks = mblocks * G;
     int64_t want = 4 * (int64_t)threads;  /* tasks wanted: a few per thread, for balance */
-    int nchunks = mblocks >= want ? 1 : (int)((want + mblocks - 1) / mblocks);
+    int nchunks = blocks >= want ? 1 : (int)((want + blocks - 1) / blocks);
     if (nchunks > panels) nchunks = panels;
     int per_chunk = (panels + nchunks - 1) / nchunks;
     nchunks = (panels + per_chunk - 1) / per_chunk;
-    int64_t tasks = mblocks * nchunks;
+    int64_t tasks = blocks * nchunks;
+    static const float zeros[NR];
     _Pragma("omp parallel for num_threads(threads) schedule(static)")
     for (int64_t t = 0; t < tasks; t++) {
-        int64_t m0 = (t / nchunks) * MC, m1 = m0 + MC < M ? m0 + MC : M;
-        int j0 = (int)(t % nchunks) * per_chunk, j1 = j0 + per_chunk < panels ? j0 + per_chunk : panels;
+        int64_t g = t / (mblocks * nchunks), r = t % (mblocks * nchunks);
+        int64_t m0 = (r / nchunks) * MC, m1 = m0 + MC < M ? m0 + MC : M;
+        int j0 = (int)(r % nchunks) * per_chunk, j1 = j0 + per_chunk < panels ? j0 + per_chunk : panels;
+        const float *xg = x + g * K, *wg = wp + g * (int64_t)panels * K * NR;
+        const float *rg = res ? res + g * N : 0;
+        float *yg = y + g * N;
         for (int k0 = 0; k0 < K; k0 += KC) {
             int kc = K - k0 < KC ? K - k0 : KC;
             for (int j = j0; j < j1; j++) {
                 int n0 = j * NR, nr = N - n0 < NR ? N - n0 : NR;
-                const float *panel = wp + ((int64_t)j * K + k0) * NR;
+                const float *panel = wg + ((int64_t)j * K + k0) * NR;
+                const float *bj = bias ? bias + (g * panels + j) * NR : zeros;
                 for (int64_t m = m0; m < m1; m += MR) {
                     int mr = m1 - m < MR ? (int)(m1 - m) : MR;
-                    tile(x + m * K + k0, K, panel, bias + n0, res ? res + m * N + n0 : 0, y + m * N + n0, N, mr, nr,
-                         kc, k0 == 0, k0 + kc == K, act);
+                    tile(xg + m * ldx + k0, ldx, panel, bj, rg ? rg + m * ldy + n0 : 0, yg + m * ldy + n0, ldy,
+                         mr, nr, kc, k0 == 0, k0 + kc == K, act);
                 }
             }
         }

@@ -22,7 +22,8 @@ ACT_CODES = {None: 0, "relu": 1, "silu": 2}  # pointwise.c's ACT_*
 
 def _declare(lib):
     p, i = ctypes.c_void_p, ctypes.c_int
-    lib.pointwise_conv.argtypes = [p, p, p, p, p, ctypes.c_int64, i, i, i, i]
+    i64 = ctypes.c_int64
+    lib.gemm_groups.argtypes = [p, i64, p, p, p, p, i64, i64, i, i, i, i, i]
 
 
 LIBRARY = native.Library(SOURCE, _declare)
@@ -39,16 +40,33 @@ def unavailable_reason() -> str | None:
     return LIBRARY.unavailable_reason()
 
 
+def pack(weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """A (groups·N) × K weight (trailing 1×1 dims allowed) in pointwise.c's layout: per group,
+    NR-channel panels × K × NR, zero-padded past N."""
+    n, k = weight.shape[0] // groups, weight.shape[1]
+    panels = -(-n // NR)
+    w = weight.new_zeros(groups, panels * NR, k)
+    w[:, :n] = weight.detach().reshape(groups, n, k)
+    return w.view(groups, panels, NR, k).transpose(2, 3).contiguous()  # groups × panels × K × NR
+
+
+def gemm_groups(x: torch.Tensor, ldx: int, packed: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor,
+                ldy: int, rows: int, k: int, n: int, groups: int, act: str | None = None,
+                residual: torch.Tensor | None = None):
+    """y_g = act(x_g w_gᵀ + bias_g (+ residual_g)) for each group g, in place in `y` (pointwise.c's
+    gemm_groups: x_g is rows × k at column g·k of a row-major x with rows ldx apart; y_g likewise
+    at column g·n, rows ldy apart). The caller owns the shapes: the C code trusts them."""
+    LIBRARY.get().gemm_groups(native.ptr(x), ldx, native.ptr(packed), native.ptr(bias), native.ptr(residual),
+                              native.ptr(y), ldy, rows, k, n, groups, ACT_CODES[act], torch.get_num_threads())
+
+
 class PointwiseConv:
     """A folded 1×1 conv, weight packed once into NR-channel panels (pointwise.c's layout)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
         n, k = weight.shape[:2]
-        panels = -(-n // NR)
-        w = weight.new_zeros(panels * NR, k)
-        w[:n] = weight.detach().reshape(n, k)
-        self.packed = w.view(panels, NR, k).transpose(1, 2).contiguous()  # panels × K × NR
-        self.bias = weight.new_zeros(panels * NR)
+        self.packed = pack(weight)
+        self.bias = weight.new_zeros(self.packed.shape[1] * NR)
         if bias is not None:
             self.bias[:n] = bias.detach()
         self.out_channels, self.in_channels = n, k
@@ -62,8 +80,7 @@ class PointwiseConv:
         x = x.contiguous(memory_format=torch.channels_last)
         if residual is not None:
             residual = residual.contiguous(memory_format=torch.channels_last)
-        y = torch.empty((b, self.out_channels, h, w), memory_format=torch.channels_last)
-        LIBRARY.get().pointwise_conv(native.ptr(x), native.ptr(self.packed), native.ptr(self.bias),
-                                     native.ptr(residual), native.ptr(y), b * h * w, c, self.out_channels,
-                                     ACT_CODES[act], torch.get_num_threads())
+        n = self.out_channels
+        y = torch.empty((b, n, h, w), memory_format=torch.channels_last)
+        gemm_groups(x, c, self.packed, self.bias, y, n, b * h * w, c, n, 1, act, residual)
         return y

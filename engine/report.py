@@ -5,7 +5,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .executors import FORM_NAMES
+from .executors import FORM_NAMES, GEMM_ENGINE_NAMES
 from .patterns import Skip
 
 
@@ -50,13 +50,16 @@ class Report:
     conv_runners: Callable[[], list] | None = field(default=None, repr=False)
 
     def form_tally(self) -> dict[str, Counter]:
-        """{"3×3": Counter(form name: convs), "1×1": ...}: the forms tuned convolutions run as,
-        one count per convolution and input shape, so far."""
+        """{"3×3 convolutions": Counter(form name: convs), "1×1 convolutions": ..., "Winograd
+        GEMMs": Counter(engine name: convs)}: the forms tuned convolutions run as, and the engine
+        of their Winograd tiles' GEMMs, one count per convolution and input shape, so far."""
         tally: dict[str, Counter] = {}
         for runner in self.conv_runners() if self.conv_runners else []:
-            kind = "1×1" if runner.pointwise_eligible else "3×3"
+            kind = "1×1 convolutions" if runner.pointwise_eligible else "3×3 convolutions"
             for form in runner.chosen.values():
                 tally.setdefault(kind, Counter())[FORM_NAMES[form]] += 1
+            for engine in runner.winograd_engines():
+                tally.setdefault("Winograd GEMMs", Counter())[GEMM_ENGINE_NAMES[engine]] += 1
         return tally
 
     def patterns(self) -> dict[str, list[FusedEntry]]:
@@ -108,7 +111,7 @@ class Report:
                 if shape in self.executor_retimed:
                     lines.append(f"    {self.executor_retimed[shape]}")
         for kind, counts in self.form_tally().items():
-            lines.append(f"tuned {kind} convolutions (winograd executor), per conv and input shape: "
+            lines.append(f"tuned {kind} (winograd executor), per conv and input shape: "
                          + ", ".join(f"{name} {n}" for name, n in counts.most_common()))
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)

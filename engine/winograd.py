@@ -8,8 +8,12 @@ peak, so fewer multiply-adds is what is left to gain on the ResNet trunks of DAN
 - the weight transform U = G g Gᵀ, computed once in float64 from the folded weight;
 - the input transform V = Bᵀ d B and output transform Y = Aᵀ M A + bias (+ residual, ReLU): small
   C loops in winograd.c, built with the system C compiler on first use and cached;
-- the 36 GEMMs M[p] = V[p] U[p]: one grouped 1×1 convolution on oneDNN (groups = 36), which runs
-  them near the machine's peak (MKL's sgemm reaches half of it on this AMD machine).
+- the 36 GEMMs M[p] = V[p] U[p]: one grouped 1×1 convolution on oneDNN (groups = 36), or
+  ferfuse's own GEMM on V in place (pointwise.c's gemm_groups), whichever the first call at a GEMM
+  shape timed faster (`gemm_engine`): on a 2-core AVX2 EPYC they ran level on most of DAN's shapes
+  and ours 1.4× faster at 512 channels on 7×7 maps at batch 8, and oneDNN's call costs ~50 µs
+  more; on AVX-512 oneDNN's wider kernels may win, so the CPU in hand decides. (MKL's sgemm reaches
+  half the machine's peak on this AMD machine.)
 
 `winograd_reference` is the same algorithm in plain float64 torch, for the tests. Errors: the
 transforms multiply by up to 8 and the interpolation points ±2 amplify rounding, so fp32 results
@@ -21,9 +25,11 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import threading
+
 import torch
 
-from . import native
+from . import native, pointwise
 
 SOURCE = Path(__file__).with_name("winograd.c")
 
@@ -59,6 +65,13 @@ F23 = Variant(2,
               _t([[1, 1, 1, 0], [0, 1, -1, -1]]),
               "winograd_f23_input", "winograd_f23_output")
 VARIANTS = {4: F43, 2: F23}
+
+# what runs the 36 (or 16) GEMMs: oneDNN's grouped 1×1 convolution, or ferfuse's GEMM
+GEMM_ENGINES = ("onednn", "gemm")
+# the engine per GEMM problem (shape of V, channels, groups, threads), timed once per process:
+# equal convolutions share it
+ENGINE_BY_PROBLEM: dict[tuple, str] = {}
+_ENGINE_LOCK = threading.Lock()
 
 
 def eligible(weight: torch.Tensor, stride, padding, dilation) -> bool:
@@ -116,8 +129,9 @@ def _channels_last(t: torch.Tensor) -> torch.Tensor:
 
 
 class WinogradConv:
-    """A folded 3×3 stride-1 convolution run as F(m×m, 3×3): C input transform, oneDNN grouped 1×1
-    GEMMs on weights packed per GEMM input shape (batch included), C output transform with bias, residual and ReLU."""
+    """A folded 3×3 stride-1 convolution run as F(m×m, 3×3): C input transform, the GEMMs (oneDNN's
+    grouped 1×1 on weights packed per GEMM input shape, batch included, or ferfuse's GEMM), C output
+    transform with bias, residual and ReLU."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, groups: int = 1, tile: int = 4):
         if weight.dtype != torch.float32 or weight.device.type != "cpu":
@@ -128,6 +142,8 @@ class WinogradConv:
         self.u = transform_weight(weight, self.variant).float().contiguous()
         self.bias = (bias if bias is not None else torch.zeros(self.out_channels)).float().contiguous()
         self._packed: dict[tuple, torch.Tensor] = {}
+        self._panels: torch.Tensor | None = None  # U in pointwise.c's layout, packed on first use
+        self.engines: dict[tuple, str] = {}  # GEMM shape -> engine its timing chose, for the report
         self.lib = library()
 
     def packed(self, shape: list[int]) -> torch.Tensor:
@@ -138,6 +154,11 @@ class WinogradConv:
         return pack_for_shape(self._packed, tuple(shape), lambda: torch._C._nn.mkldnn_reorder_conv2d_weight(
             self.u.to_mkldnn(), [0, 0], [1, 1], [1, 1], a2 * self.groups, list(shape)))
 
+    def panels(self) -> torch.Tensor:
+        if self._panels is None:  # a racing thread packs an equal one: harmless
+            self._panels = pointwise.pack(self.u, self.variant.alpha ** 2 * self.groups)
+        return self._panels
+
     def gemm_shape(self, x_shape) -> list[int]:
         """The shape of the transformed input V that the GEMMs read, for an input of `x_shape`."""
         n, _, h, w = x_shape
@@ -146,11 +167,48 @@ class WinogradConv:
     def drop_packed(self, x_shape):
         """Forget the GEMM weight packed for inputs of `x_shape` (a tile that lost the timing there)."""
         self._packed.pop(tuple(self.gemm_shape(x_shape)), None)
+        self.engines.pop(tuple(self.gemm_shape(x_shape)), None)
+        if "gemm" not in self.engines.values():
+            self._panels = None
+
+    def gemm(self, v: torch.Tensor, engine: str) -> torch.Tensor:
+        """M = the GEMMs of V and U (channels-last, α²·K channels), on `engine`."""
+        a2, g = self.variant.alpha ** 2, self.groups
+        if engine == "onednn":
+            m = torch.ops.mkldnn._convolution_pointwise(v, self.packed(v.shape), None, [0, 0], [1, 1], [1, 1],
+                                                        a2 * g, "none", [], "")
+            return _channels_last(m)
+        n, _, th, tw = v.shape
+        c, k = self.in_channels, self.out_channels
+        m = torch.empty((n, a2 * k, th, tw), memory_format=torch.channels_last)
+        pointwise.gemm_groups(v, a2 * c, self.panels(), None, m, a2 * k, n * th * tw, c // g, k // g, a2 * g)
+        return m
+
+    def gemm_engine(self, v: torch.Tensor) -> str:
+        """The engine for GEMMs on V's shape: timed on the first call of the problem, kept after."""
+        from .executors import fastest, once
+
+        def choose():
+            if pointwise.unavailable_reason() is not None:
+                return "onednn"
+            best = fastest(GEMM_ENGINES, lambda engine: self.gemm(v, engine))[0]
+            if best != "onednn":
+                self._packed.pop(tuple(v.shape), None)
+            return best
+
+        key = (tuple(v.shape), self.in_channels, self.out_channels, self.groups, torch.get_num_threads())
+        engine = once(ENGINE_BY_PROBLEM, key, _ENGINE_LOCK, choose)
+        self.engines[tuple(v.shape)] = engine
+        if engine != "gemm" and "gemm" not in self.engines.values():
+            self._panels = None
+        return engine
 
     # the C transforms write through raw pointers, which a compiler cannot see: torch.compile runs
     # this call eagerly (a graph break) rather than tracing buffers it might reuse
     @torch.compiler.disable
-    def run(self, x: torch.Tensor, relu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
+    def run(self, x: torch.Tensor, relu: bool = False, residual: torch.Tensor | None = None,
+            engine: str | None = None) -> torch.Tensor:
+        """act(conv(x) + residual); the GEMMs on `engine` (one of GEMM_ENGINES), or None: the timed one."""
         n, c, h, w = x.shape
         if c != self.in_channels or x.dtype != torch.float32 or x.device.type != "cpu":
             raise ValueError(f"expected a float32 CPU input with {self.in_channels} channels, got {x.dtype} "
@@ -161,9 +219,7 @@ class WinogradConv:
         x = _channels_last(x)
         v = torch.empty((n, a2 * c, th, tw), memory_format=torch.channels_last)
         getattr(self.lib, variant.c_input)(native.ptr(x), native.ptr(v), n, h, w, c, th, tw, threads)
-        m = torch.ops.mkldnn._convolution_pointwise(v, self.packed(v.shape), None, [0, 0], [1, 1], [1, 1],
-                                                    a2 * self.groups, "none", [], "")
-        m = _channels_last(m)
+        m = self.gemm(v, engine or self.gemm_engine(v))
         y = torch.empty((n, self.out_channels, h, w), memory_format=torch.channels_last)
         res = _channels_last(residual) if residual is not None else None
         if res is not None and (res.shape != y.shape or res.dtype != torch.float32):

@@ -131,8 +131,9 @@ def test_bad_inputs_are_named(gen):
 
 def test_runner_times_its_tile_per_shape(gen, monkeypatch):
     """On the `winograd` executor a dense 3×3 stride-1 conv (ReLU or no activation) times direct,
-    F(4×4) and F(2×2) on the first call of each input shape and keeps the fastest; forced forms
-    run their tile; anything else runs direct."""
+    F(4×4) and F(2×2) on the first call of each input shape and keeps the fastest, each tile's
+    GEMMs timed on oneDNN against ferfuse's GEMM once per GEMM shape; forced forms run their tile
+    and engine; anything else runs direct."""
     timed, calls = [], []
     real_fastest = executors.fastest
 
@@ -142,34 +143,48 @@ def test_runner_times_its_tile_per_shape(gen, monkeypatch):
 
     monkeypatch.setattr(executors, "fastest", counting)
     monkeypatch.setattr(executors, "FORM_BY_PROBLEM", {})  # no timing left by an earlier test
-    real_run = winograd.WinogradConv.run
+    monkeypatch.setattr(winograd, "ENGINE_BY_PROBLEM", {})
+    real_run, real_gemm = winograd.WinogradConv.run, winograd.WinogradConv.gemm
     monkeypatch.setattr(winograd.WinogradConv, "run",
                         lambda self, x, **kw: calls.append(self.variant.tile) or real_run(self, x, **kw))
+    monkeypatch.setattr(winograd.WinogradConv, "gemm",
+                        lambda self, v, engine: calls.append(engine) or real_gemm(self, v, engine))
     weight, bias = torch.randn(8, 8, 3, 3, generator=gen), torch.randn(8, generator=gen)
     runner = ConvRunner(weight, bias, padding=(1, 1))
     x = torch.randn(2, 8, 14, 20, generator=gen)
     expected = F.relu(F.conv2d(x.double(), weight.double(), bias.double(), padding=1))
     for _ in range(3):  # timed once, then the kept choice
         assert_close(runner.run(x, act="relu", executor="winograd"), expected, OP_TOL, "tuned")
-    assert timed == [(None, 4, 2)]
-    assert executors.FORM_BY_PROBLEM[runner.problem(x, "relu", None)] in (None, 4, 2)
+    # the forms, and within the first call of each tile the engine of its GEMMs
+    assert timed == [(None, 4, 2), winograd.GEMM_ENGINES, winograd.GEMM_ENGINES]
+    chosen = executors.FORM_BY_PROBLEM[runner.problem(x, "relu", None)]
+    assert chosen in (None, 4, 2)
+    # only the kept tile keeps its engine (the report's tally), and only that engine's packing
+    engines = runner.winograd_engines()
+    assert len(engines) == (chosen is not None) and set(engines) <= set(winograd.GEMM_ENGINES)
+    for tile, conv in runner._winograd.items():
+        assert (conv._panels is not None) == (tile == chosen and engines == ["gemm"])
+        assert len(conv._packed) == (tile == chosen and engines == ["onednn"])
+    timed.clear()
     twin = ConvRunner(weight * 2, bias, padding=(1, 1))  # the same problem: the timing is shared
     twin.run(x, act="relu", executor="winograd")
-    assert len(timed) == 1
+    assert timed == []
     runner.run(x[:1], executor="winograd")  # another shape and epilogue: timed again
-    assert len(timed) == 2
+    assert timed == [(None, 4, 2), winograd.GEMM_ENGINES, winograd.GEMM_ENGINES]
+    timed.clear()
     small = torch.randn(1, 8, 3, 3)
     runner.run(small, executor="winograd")  # under one F(2×2) input tile: direct, untimed
-    assert executors.FORM_BY_PROBLEM[runner.problem(small, None, None)] is None and len(timed) == 2
-    calls.clear()
-    for form, tile in (("winograd-f4", 4), ("winograd-f2", 2)):
+    assert executors.FORM_BY_PROBLEM[runner.problem(small, None, None)] is None and timed == []
+    for form, tile, engine in (("winograd-f4", 4, "onednn"), ("winograd-f2", 2, "onednn"),
+                               ("winograd-f4-gemm", 4, "gemm"), ("winograd-f2-gemm", 2, "gemm")):
+        calls.clear()
         assert_close(runner.run(x, act="relu", executor=form), expected, OP_TOL, form)
-        assert calls[-1] == tile
+        assert calls == [tile, engine]
     calls.clear()
     runner.run(x, act="sigmoid", executor="winograd")  # not an epilogue the C transforms apply
     runner.run(x, executor="onednn")
     runner.run(x, executor="aten")
-    assert calls == [] and len(timed) == 2
+    assert calls == [] and timed == []
     assert not ConvRunner(weight, bias, stride=(2, 2), padding=(1, 1)).winograd_eligible
     assert not ConvRunner(weight[:, :4], bias, padding=(1, 1), groups=2).winograd_eligible
 
@@ -186,8 +201,10 @@ def test_optimize_with_winograd_executor(gen):
     optimize(model, executor="winograd", example_inputs=x[:1])
     rep = report(model)
     assert rep.executors == ("winograd",) and not rep.reverted
-    # every form a tuned conv takes: DAN's heads open with a 1×1 conv, which may run as the GEMM
-    assert rep.verified_forms == ("onednn", "winograd-f4", "winograd-f2", "pointwise")
+    # every form a tuned conv takes, a Winograd tile's GEMMs on either engine; DAN's heads open
+    # with a 1×1 conv, which may run as the GEMM
+    assert rep.verified_forms == ("onednn", "winograd-f4", "winograd-f4-gemm", "winograd-f2", "winograd-f2-gemm",
+                                  "pointwise")
     with torch.no_grad():
         got = model(x)
     assert rel_error(got[0], expected[0]) <= 4 * original, "logits beyond 4× the original fp32 error"
