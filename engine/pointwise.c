@@ -150,43 +150,53 @@ static void tile(const float *x, int64_t ldx, const float *panel, const float *b
 
 #endif
 
+/* One block of work: group g, pixels [m0, m1), output-channel panels [j0, j1), every K-block. */
+static void block(const float *x, int64_t ldx, const float *wp, const float *bias, const float *res, float *y,
+                  int64_t ldy, int64_t m0, int64_t m1, int K, int N, int64_t g, int j0, int j1, int act) {
+    static const float zeros[NR];
+    int panels = (N + NR - 1) / NR;
+    const float *xg = x + g * K, *wg = wp + g * (int64_t)panels * K * NR;
+    const float *rg = res ? res + g * N : 0;
+    float *yg = y + g * N;
+    for (int k0 = 0; k0 < K; k0 += KC) {
+        int kc = K - k0 < KC ? K - k0 : KC;
+        for (int j = j0; j < j1; j++) {
+            int n0 = j * NR, nr = N - n0 < NR ? N - n0 : NR;
+            const float *panel = wg + ((int64_t)j * K + k0) * NR;
+            const float *bj = bias ? bias + (g * panels + j) * NR : zeros;
+            for (int64_t m = m0; m < m1; m += MR) {
+                int mr = m1 - m < MR ? (int)(m1 - m) : MR;
+                tile(xg + m * ldx + k0, ldx, panel, bj, rg ? rg + m * ldy + n0 : 0, yg + m * ldy + n0, ldy, mr, nr,
+                     kc, k0 == 0, k0 + kc == K, act);
+            }
+        }
+    }
+}
+
 /* For each group g < G:  y_g = act(x_g w_g^T + bias_g (+ res_g)), where x_g is M x K at x + g K with
  * rows ldx apart, y_g and res_g are M x N at y + g N with rows ldy apart, and w_g, bias_g the
  * g-th packed weight and bias (bias NULL: none). G = 1 with ldx = K, ldy = N is a 1x1 convolution;
  * the Winograd transform's 36 GEMMs (engine/winograd.py) are G = 36 on the transformed tiles in
- * place (x rows 36 K apart). Tasks are (group, block of MC pixels, run of output-channel panels),
- * enough of them to keep every thread busy on a 7x7 map (49 pixels) as on a 112x112 one. */
+ * place (x rows 36 K apart).
+ * The work is G x (pixel blocks of equal size, at most MC) x (NR-channel panels) units, and each
+ * thread takes an equal run of them in that order: tasks of whole panel runs per block, as before,
+ * left one thread with 5 and the other 1 full block on a 14x14 map (blocks of 96, 96 and 4 pixels). */
 void gemm_groups(const float *x, int64_t ldx, const float *wp, const float *bias, const float *res, float *y,
                  int64_t ldy, int64_t M, int K, int N, int G, int act, int threads) {
     int panels = (N + NR - 1) / NR;
-    int64_t mblocks = (M + MC - 1) / MC, blocks = mblocks * G;
-    int64_t want = 4 * (int64_t)threads;  /* tasks wanted: a few per thread, for balance */
-    int nchunks = blocks >= want ? 1 : (int)((want + blocks - 1) / blocks);
-    if (nchunks > panels) nchunks = panels;
-    int per_chunk = (panels + nchunks - 1) / nchunks;
-    nchunks = (panels + per_chunk - 1) / per_chunk;
-    int64_t tasks = blocks * nchunks;
-    static const float zeros[NR];
-    _Pragma("omp parallel for num_threads(threads) schedule(static)")
-    for (int64_t t = 0; t < tasks; t++) {
-        int64_t g = t / (mblocks * nchunks), r = t % (mblocks * nchunks);
-        int64_t m0 = (r / nchunks) * MC, m1 = m0 + MC < M ? m0 + MC : M;
-        int j0 = (int)(r % nchunks) * per_chunk, j1 = j0 + per_chunk < panels ? j0 + per_chunk : panels;
-        const float *xg = x + g * K, *wg = wp + g * (int64_t)panels * K * NR;
-        const float *rg = res ? res + g * N : 0;
-        float *yg = y + g * N;
-        for (int k0 = 0; k0 < K; k0 += KC) {
-            int kc = K - k0 < KC ? K - k0 : KC;
-            for (int j = j0; j < j1; j++) {
-                int n0 = j * NR, nr = N - n0 < NR ? N - n0 : NR;
-                const float *panel = wg + ((int64_t)j * K + k0) * NR;
-                const float *bj = bias ? bias + (g * panels + j) * NR : zeros;
-                for (int64_t m = m0; m < m1; m += MR) {
-                    int mr = m1 - m < MR ? (int)(m1 - m) : MR;
-                    tile(xg + m * ldx + k0, ldx, panel, bj, rg ? rg + m * ldy + n0 : 0, yg + m * ldy + n0, ldy,
-                         mr, nr, kc, k0 == 0, k0 + kc == K, act);
-                }
-            }
+    int64_t mblocks = (M + MC - 1) / MC;
+    int64_t mc = ((M + mblocks - 1) / mblocks + MR - 1) / MR * MR;  /* equal blocks, whole tiles */
+    mblocks = (M + mc - 1) / mc;
+    int64_t units = (int64_t)G * mblocks * panels;
+    int teams = units < threads ? (int)units : threads;
+    _Pragma("omp parallel for num_threads(teams) schedule(static, 1)")
+    for (int team = 0; team < teams; team++) {
+        int64_t u = units * team / teams, end = units * (team + 1) / teams;
+        while (u < end) {  /* runs of panels within one (group, pixel block) */
+            int64_t gm = u / panels, g = gm / mblocks, m0 = (gm % mblocks) * mc, m1 = m0 + mc < M ? m0 + mc : M;
+            int j0 = (int)(u % panels), j1 = end - u < panels - j0 ? j0 + (int)(end - u) : panels;
+            block(x, ldx, wp, bias, res, y, ldy, m0, m1, K, N, g, j0, j1, act);
+            u += j1 - j0;
         }
     }
 }
