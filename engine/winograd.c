@@ -4,7 +4,8 @@
  *   Y = A^T [ (G g G^T) (.) (B^T d B) ] A      per 6x6 input tile d, 4x4 output tile Y
  *
  * The 36 element-wise products summed over input channels are 36 GEMMs, which ferfuse runs as one
- * grouped 1x1 convolution on oneDNN (engine/winograd.py); this file holds only the two transforms,
+ * grouped 1x1 convolution on oneDNN or on its own GEMM (pointwise.c's gemm_groups), whichever timed
+ * faster (engine/winograd.py); this file holds only the two transforms,
  * the parts no library exposes. Layouts (all channels-last):
  *   x: B x H x W x C                  the conv input, zero padding of 1 implied
  *   v: B x Th x Tw x 36 x C           transformed input tiles (a [B, 36*C, Th, Tw] NHWC tensor)

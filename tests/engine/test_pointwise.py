@@ -65,6 +65,24 @@ def test_gemm_layouts_and_no_bias(gen, poisoned_empty):
         conv.run(torch.randn(1, 19, 3, 3))
 
 
+def test_grouped_strided_gemm(gen):
+    """gemm_groups as the Winograd stage calls it: G GEMMs side by side in one row-major x and y
+    (rows ldx and ldy apart, wider than the groups: the columns past them stay untouched), no bias,
+    K past one 256-channel block, N with a tail panel; each group against float64."""
+    groups, rows, k, n = 3, 29, 300, 21
+    ldx, ldy = groups * k + 5, groups * n + 7
+    x = torch.randn(rows, ldx, generator=gen)
+    weight = torch.randn(groups * n, k, generator=gen) / k ** 0.5
+    y = torch.full((rows, ldy), float("nan"))
+    pointwise.gemm_groups(x, ldx, pointwise.pack(weight, groups), None, y, ldy, rows, k, n, groups)
+    for g in range(groups):
+        xg, wg = x[:, g * k:(g + 1) * k], weight[g * n:(g + 1) * n]
+        expected = xg.double() @ wg.double().t()
+        budget = 4 * rel_error(xg @ wg.t(), expected) + 1e-6
+        assert rel_error(y[:, g * n:(g + 1) * n], expected) <= budget, f"group {g}"
+    assert torch.isnan(y[:, groups * n:]).all(), "a column past the groups was written"
+
+
 def test_runner_times_gemm_against_onednn(gen, monkeypatch):
     """On the winograd executor a 1×1 conv is timed once per problem between oneDNN (None) and the
     GEMM and keeps the choice; `pointwise` forces the GEMM; onednn and aten never run it; convs it

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ferfuse import models
-from ferfuse.engine import native, optimize, report, winograd
+from ferfuse.engine import native, optimize, pointwise, report, winograd
 from ferfuse.engine import executors
 from ferfuse.engine.executors import ConvRunner
 from ferfuse.engine.export import reference_path
@@ -43,10 +43,14 @@ def test_reference_algorithm_is_direct_convolution(gen, shape, groups, tile):
     assert_close(got, expected, 1e-12, "float64 Winograd")
 
 
+ENGINES = [e for e in winograd.GEMM_ENGINES if e != "gemm" or pointwise.unavailable_reason() is None]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("tile", TILES)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("relu,residual", [(False, False), (True, False), (True, True)])
-def test_conv_matches_float64(gen, shape, relu, residual, tile):
+def test_conv_matches_float64(gen, shape, relu, residual, tile, engine):
     x, weight, bias = _case(gen, *shape)
     res = torch.randn(shape[0], shape[2], *shape[3:], generator=gen) if residual else None
     expected = F.conv2d(x.double(), weight.double(), bias.double(), padding=1)
@@ -54,16 +58,18 @@ def test_conv_matches_float64(gen, shape, relu, residual, tile):
         expected = expected + res.double()
     if relu:
         expected = torch.relu(expected)
-    got = winograd.WinogradConv(weight, bias, tile=tile).run(x, relu=relu, residual=res)
+    got = winograd.WinogradConv(weight, bias, tile=tile).run(x, relu=relu, residual=res, engine=engine)
     assert got.dtype == torch.float32 and got.shape == expected.shape
     assert_close(got, expected, OP_TOL, "Winograd conv")
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("tile", TILES)
-def test_grouped_conv(gen, tile):
+def test_grouped_conv(gen, tile, engine):
     x, weight, bias = _case(gen, 2, 64, 96, 9, 11, groups=4)
     expected = F.conv2d(x.double(), weight.double(), bias.double(), padding=1, groups=4)
-    assert_close(winograd.WinogradConv(weight, bias, groups=4, tile=tile).run(x), expected, OP_TOL, "grouped")
+    got = winograd.WinogradConv(weight, bias, groups=4, tile=tile).run(x, engine=engine)
+    assert_close(got, expected, OP_TOL, "grouped")
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "sliced", "transposed"])
