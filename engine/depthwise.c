@@ -110,12 +110,159 @@ INLINE void depthwise_pixels(const float *restrict xb, const float *restrict w, 
         for (int l = 0; l < lanes; l++) out[(int64_t)p * C + c + l] = acc[p][l];
 }
 
-/* y = dwconv(prelu(x)) + bias. Channel groups [start[g], start[g+1]) use kernel size ksize[g]
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define HAVE_BLOCKS 1
+
+/* The activation epilogue on 8 lanes: SiLU with the sigmoid above written in AVX2 (clamp, round,
+ * the same polynomial, the exponent built in the float's bits); NaN propagates as there. */
+INLINE __m256 sigmoid8(__m256 v) {
+    __m256 x = _mm256_sub_ps(_mm256_setzero_ps(), v);
+    x = _mm256_and_ps(x, _mm256_cmp_ps(x, x, _CMP_ORD_Q));  /* NaN -> 0; restored below */
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.f)), _mm256_set1_ps(88.f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.4286068203e-06f), r);
+    __m256 p = _mm256_set1_ps(1.f / 5040.f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 720.f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 120.f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 24.f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 6.f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    __m256 s = _mm256_div_ps(_mm256_set1_ps(1.f), _mm256_fmadd_ps(p, _mm256_castsi256_ps(e), _mm256_set1_ps(1.f)));
+    return _mm256_blendv_ps(s, v, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+}
+
+INLINE __m256 activate8(__m256 v, int act) {
+    switch (act) {
+    case ACT_SILU: return _mm256_mul_ps(v, sigmoid8(v));
+    case ACT_HARD_SWISH: {
+        __m256 r = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(v, _mm256_set1_ps(3.f)), _mm256_setzero_ps()),
+                                 _mm256_set1_ps(6.f));
+        return _mm256_mul_ps(v, _mm256_div_ps(r, _mm256_set1_ps(6.f)));
+    }
+    case ACT_RELU: return _mm256_max_ps(_mm256_setzero_ps(), v);  /* max(0, NaN) is the NaN, as torch.relu */
+    default: return v;
+    }
+}
+
+/* PX output pixels of one row and 8 channels from c, register-blocked: PX accumulators, the row's k
+ * taps held in registers for a kernel row, and each input pixel of the window loaded once and
+ * multiplied into every output pixel whose window holds it (a stride-1 k=5 row: 12 loads for 40
+ * multiply-adds, where loading per tap is 80). k, s and checked are compile-time constants at every
+ * call, so the loops unroll to straight-line code with the tap index resolved. checked: the block
+ * has np < PX pixels or its windows cross the map's left or right edge (those taps are skipped). */
+#define PX 8
+INLINE void depthwise_block(const float *restrict xb, const float *restrict w, const float *restrict bias,
+                            float *restrict out, int H, int W, int C, int K, const int k, const int s,
+                            const int checked, int np, int iy0, int ix0, int c, int act) {
+    __m256 acc[PX];
+    __m256 b = bias ? _mm256_loadu_ps(bias + c) : _mm256_setzero_ps();
+#pragma GCC unroll 8
+    for (int p = 0; p < PX; p++) acc[p] = b;
+    const int off = (K - k) / 2, span = (PX - 1) * s + k;
+    for (int ky = 0; ky < k; ky++) {
+        int iy = iy0 + ky;
+        if (iy < 0 || iy >= H) continue;
+        const float *restrict wr = w + ((int64_t)(ky + off) * K + off) * C + c;
+        __m256 tap[7];
+#pragma GCC unroll 7
+        for (int kx = 0; kx < k; kx++) tap[kx] = _mm256_loadu_ps(wr + (int64_t)kx * C);
+        const float *restrict xr = xb + ((int64_t)iy * W + ix0) * C + c;
+#pragma GCC unroll 32
+        for (int j = 0; j < span; j++) {
+            if (checked && (j >= (np - 1) * s + k || ix0 + j < 0 || ix0 + j >= W)) continue;
+            __m256 v = _mm256_loadu_ps(xr + (int64_t)j * C);
+#pragma GCC unroll 8
+            for (int p = 0; p < PX; p++) {
+                int kx = j - p * s;
+                if (kx >= 0 && kx < k && (!checked || p < np)) acc[p] = _mm256_fmadd_ps(v, tap[kx], acc[p]);
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int p = 0; p < PX; p++)
+        if (!checked || p < np) _mm256_storeu_ps(out + (int64_t)p * C + c, activate8(acc[p], act));
+}
+
+/* One output row's pixels [0, Wo) and channels [c0, c1) of a group with kernel k (3, 5 or 7) and
+ * stride s (1 or 2): blocks of PX pixels, 8 channels at a time; the last < 8 channels per pixel. */
+INLINE void depthwise_row_const(const float *xb, const float *w, const float *bias, float *yrow, int H, int W,
+                                int C, int Wo, int K, const int k, const int s, int iy0, int c0, int c1, int act) {
+    for (int ox = 0; ox < Wo; ox += PX) {
+        int ix0 = ox * s - k / 2, np = Wo - ox < PX ? Wo - ox : PX;
+        float *out = yrow + (int64_t)ox * C;
+        int c = c0;
+        if (np == PX && ix0 >= 0 && ix0 + (PX - 1) * s + k <= W)
+            for (; c + 8 <= c1; c += 8) depthwise_block(xb, w, bias, out, H, W, C, K, k, s, 0, PX, iy0, ix0, c, act);
+        else
+            for (; c + 8 <= c1; c += 8) depthwise_block(xb, w, bias, out, H, W, C, K, k, s, 1, np, iy0, ix0, c, act);
+        for (int p = 0; c < c1 && p < np; p++) {
+            depthwise_pixel(xb, w, bias, out + (int64_t)p * C, H, W, C, K, k, iy0, ix0 + p * s, c, c1 - c);
+            for (int l = c; l < c1; l++) out[(int64_t)p * C + l] = activate(out[(int64_t)p * C + l], act);
+        }
+    }
+}
+
+/* The row on the blocked path where k and s have one (returns 1), else 0. */
+static int depthwise_row_blocked(const float *xb, const float *w, const float *bias, float *yrow, int H, int W,
+                                 int C, int Wo, int K, int k, int s, int iy0, int c0, int c1, int act) {
+#define ROW(kk, ss) depthwise_row_const(xb, w, bias, yrow, H, W, C, Wo, K, kk, ss, iy0, c0, c1, act); return 1;
+    switch (k * 4 + s) {
+    case 3 * 4 + 1: ROW(3, 1)
+    case 3 * 4 + 2: ROW(3, 2)
+    case 5 * 4 + 1: ROW(5, 1)
+    case 5 * 4 + 2: ROW(5, 2)
+    case 7 * 4 + 1: ROW(7, 1)
+    case 7 * 4 + 2: ROW(7, 2)
+    default: return 0;
+    }
+#undef ROW
+}
+#else
+static int depthwise_row_blocked(const float *xb, const float *w, const float *bias, float *yrow, int H, int W,
+                                 int C, int Wo, int K, int k, int s, int iy0, int c0, int c1, int act) {
+    return 0;  /* no AVX2 + FMA: every row on the generic loops below */
+}
+#endif
+
+/* The generic row: groups of P pixels where their windows lie inside the width, else one pixel. */
+static void depthwise_row(const float *xb, const float *w, const float *bias, float *yrow, int H, int W, int C,
+                          int Wo, int K, int k, int stride, int iy0, int c0, int c1, int act) {
+    for (int ox = 0; ox < Wo; ox++) {
+        int ix0 = ox * stride - k / 2;
+        float *out = yrow + (int64_t)ox * C;
+        int c = c0, n = 1;
+        if (ix0 >= 0 && ox + P <= Wo && ix0 + (P - 1) * stride + k <= W) {  /* P pixels, no column padding */
+            for (; c + L <= c1; c += L) depthwise_pixels(xb, w, bias, out, H, W, C, K, k, iy0, ix0, stride, c, L);
+            if (c < c1) depthwise_pixels(xb, w, bias, out, H, W, C, K, k, iy0, ix0, stride, c, c1 - c);
+            n = P;
+        } else {
+            for (; c + L <= c1; c += L) depthwise_pixel(xb, w, bias, out, H, W, C, K, k, iy0, ix0, c, L);
+            if (c < c1) depthwise_pixel(xb, w, bias, out, H, W, C, K, k, iy0, ix0, c, c1 - c);
+        }
+        if (act)
+            for (int p = 0; p < n; p++)
+                for (int c = c0; c < c1; c++) out[(int64_t)p * C + c] = activate(out[(int64_t)p * C + c], act);
+        ox += n - 1;
+    }
+}
+
+/* Channels per work unit: a unit's input window (k rows of PX + k - 1 pixels) stays in L1. */
+#define CHUNK 64
+
+/* y = act(dwconv(prelu(x)) + bias). Channel groups [start[g], start[g+1]) use kernel size ksize[g]
  * (odd, <= K), padding ksize[g]/2, stride `stride`. prelu (C slopes) may be NULL: no activation;
- * then x is only read. With prelu, x is overwritten by prelu(x) first (it is the caller's scratch). */
+ * then x is only read. With prelu, x is overwritten by prelu(x) first (it is the caller's scratch).
+ * act: ACT_* code of the epilogue, 0 for none. Threads share (output row, 64-channel chunk) units,
+ * so a 7x7 map at batch 1 still splits evenly. */
 void mixed_depthwise(float *x, const float *w, const float *bias, const float *prelu, float *y, int B, int H,
                      int W, int C, int Ho, int Wo, int stride, int K, int groups, const int *start,
-                     const int *ksize, int threads) {
+                     const int *ksize, int act, int threads) {
     if (prelu) {
         int64_t pixels = (int64_t)B * H * W;
         _Pragma("omp parallel for num_threads(threads) schedule(static)")
@@ -127,26 +274,20 @@ void mixed_depthwise(float *x, const float *w, const float *bias, const float *p
             }
         }
     }
-    int64_t rows = (int64_t)B * Ho;
+    int chunks = (C + CHUNK - 1) / CHUNK;
+    int64_t units = (int64_t)B * Ho * chunks;
     _Pragma("omp parallel for num_threads(threads) schedule(static)")
-    for (int64_t r = 0; r < rows; r++) {
-        int b = (int)(r / Ho), oy = (int)(r % Ho);
+    for (int64_t u = 0; u < units; u++) {
+        int64_t r = u / chunks;
+        int b = (int)(r / Ho), oy = (int)(r % Ho), lo = (int)(u % chunks) * CHUNK, hi = lo + CHUNK < C ? lo + CHUNK : C;
         const float *xb = x + (int64_t)b * H * W * C;
+        float *yrow = y + r * Wo * C;
         for (int g = 0; g < groups; g++) {
-            int k = ksize[g], c0 = start[g], c1 = start[g + 1], iy0 = oy * stride - k / 2;
-            for (int ox = 0; ox < Wo; ox++) {
-                int ix0 = ox * stride - k / 2;
-                float *out = y + (r * Wo + ox) * C;
-                int c = c0;
-                if (ix0 >= 0 && ox + P <= Wo && ix0 + (P - 1) * stride + k <= W) {  /* P pixels, no column padding */
-                    for (; c + L <= c1; c += L) depthwise_pixels(xb, w, bias, out, H, W, C, K, k, iy0, ix0, stride, c, L);
-                    if (c < c1) depthwise_pixels(xb, w, bias, out, H, W, C, K, k, iy0, ix0, stride, c, c1 - c);
-                    ox += P - 1;
-                    continue;
-                }
-                for (; c + L <= c1; c += L) depthwise_pixel(xb, w, bias, out, H, W, C, K, k, iy0, ix0, c, L);
-                if (c < c1) depthwise_pixel(xb, w, bias, out, H, W, C, K, k, iy0, ix0, c, c1 - c);
-            }
+            int k = ksize[g], c0 = start[g] > lo ? start[g] : lo, c1 = start[g + 1] < hi ? start[g + 1] : hi;
+            if (c0 >= c1) continue;
+            int iy0 = oy * stride - k / 2;
+            if (!depthwise_row_blocked(xb, w, bias, yrow, H, W, C, Wo, K, k, stride, iy0, c0, c1, act))
+                depthwise_row(xb, w, bias, yrow, H, W, C, Wo, K, k, stride, iy0, c0, c1, act);
         }
     }
 }

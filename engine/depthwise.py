@@ -26,7 +26,7 @@ SOURCE = Path(__file__).with_name("depthwise.c")
 
 def _declare(lib):
     i, p = ctypes.c_int, ctypes.c_void_p
-    lib.mixed_depthwise.argtypes = [p, p, p, p, p, i, i, i, i, i, i, i, i, i, p, p, i]
+    lib.mixed_depthwise.argtypes = [p, p, p, p, p, i, i, i, i, i, i, i, i, i, p, p, i, i]
     lib.coordinate_attention.argtypes = [p, i, i, i, i, i, p, p, p, p, p, p, p, i]
     lib.squeeze_excite.argtypes = [p, i, i, i, i, p, p, p, p, i, p, i, i]
 
@@ -41,6 +41,15 @@ def hard_swish(x: torch.Tensor) -> torch.Tensor:
 
 # the activations of the gates' hidden layers (depthwise.c's ACT_* codes) and their torch form
 ACTIVATIONS = {"silu": (1, F.silu), "hard_swish": (2, hard_swish), "relu": (3, torch.relu)}
+
+
+def eligible(weight: torch.Tensor, stride, padding, dilation, groups: int) -> bool:
+    """A float32 CPU depthwise conv (one input and one output channel per group) with an odd square
+    kernel, padding k/2, stride 1 or 2 alike in both directions, no dilation: what the C pass runs."""
+    k = weight.shape[-1]
+    return (weight.dim() == 4 and weight.shape[0] == groups and weight.shape[1] == 1 and weight.shape[2] == k
+            and k % 2 == 1 and tuple(padding) == (k // 2, k // 2) and tuple(stride) in ((1, 1), (2, 2))
+            and tuple(dilation) == (1, 1) and weight.dtype == torch.float32 and weight.device.type == "cpu")
 
 
 class MixedDepthwise:
@@ -81,9 +90,10 @@ class MixedDepthwise:
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     @torch.compiler.disable  # the C pass writes through raw pointers, which a compiler cannot see
-    def run_c(self, x: torch.Tensor) -> torch.Tensor:
-        """The C pass on a float32 CPU map; x must be the caller's own: the PReLU is applied to it in
-        place (to its channels-last copy where it is not channels-last)."""
+    def run_c(self, x: torch.Tensor, act: str | None = None) -> torch.Tensor:
+        """The C pass on a float32 CPU map, `act` (an ACTIVATIONS name) applied to its output; x must
+        be the caller's own: the PReLU is applied to it in place (to its channels-last copy where it
+        is not channels-last)."""
         n, c, h, w = x.shape
         x = x.contiguous(memory_format=torch.channels_last)
         ho, wo = self.out_size(h, w)
@@ -91,7 +101,7 @@ class MixedDepthwise:
         LIBRARY.get().mixed_depthwise(native.ptr(x), native.ptr(self.taps), native.ptr(self.bias_c),
                                       native.ptr(self.prelu_c), native.ptr(y), n, h, w, c, ho, wo, self.stride,
                                       self.size, len(self.sizes), native.ptr(self.starts), native.ptr(self.sizes),
-                                      torch.get_num_threads())
+                                      ACTIVATIONS[act][0] if act else 0, torch.get_num_threads())
         return y
 
 

@@ -5,9 +5,11 @@
   activations channels_last, bias + ReLU and the residual add fused into the convolution, as
   inductor's CPU freezing does;
 - `winograd` (CPU): `onednn`, except that each dense stride-1 3×3 convolution runs as Winograd
-  F(4×4, 3×3), F(2×2, 3×3) or direct (engine/winograd.py), and each stride-1 1×1 convolution as
-  ferfuse's own GEMM or oneDNN's (engine/pointwise.py), whichever its first call at an input shape
-  timed fastest (a Winograd tile's GEMMs, too, run on whichever of the two timed faster).
+  F(4×4, 3×3), F(2×2, 3×3) or direct (engine/winograd.py), each stride-1 1×1 convolution as
+  ferfuse's own GEMM or oneDNN's (engine/pointwise.py), and each depthwise convolution on
+  ferfuse's register-blocked C loops or oneDNN's (engine/depthwise.py), whichever its first call at
+  an input shape timed fastest (a Winograd tile's GEMMs, too, run on whichever of the two timed
+  faster).
 
 A fused model holds one `ConvRunner` per folded convolution; which executor a call uses is set
 by the model's guard for that call (`use_executor`), from an `ExecutorChoice` that times the
@@ -21,16 +23,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import pointwise, winograd
+from . import depthwise, pointwise, winograd
 
 EXECUTORS = ("aten", "onednn", "winograd")
 # the CPU executors: oneDNN prepacked convs with fused epilogues (Winograd on top of oneDNN)
 ONEDNN_EXECUTORS = ("onednn", "winograd")
 # what verification runs so that every form a tuned conv can take at any shape is checked: the
 # executor name with its (form, Winograd GEMM engine) forced on every conv that can take it (direct
-# is `onednn`): a Winograd tile on either GEMM for 3×3 convs, ferfuse's GEMM for 1×1 convs
+# is `onednn`): a Winograd tile on either GEMM for 3×3 convs, ferfuse's GEMM for 1×1 convs, the C
+# loops for depthwise convs
 FORCED_FORM = {"winograd-f4": (4, "onednn"), "winograd-f4-gemm": (4, "gemm"), "winograd-f2": (2, "onednn"),
-               "winograd-f2-gemm": (2, "gemm"), "pointwise": ("gemm", None)}
+               "winograd-f2-gemm": (2, "gemm"), "pointwise": ("gemm", None), "depthwise": ("depthwise", None)}
 TIMED_RUNS = 2  # timed calls per candidate after an untimed one (which packs); the fastest counts
 
 _SELECTED = threading.local()
@@ -195,7 +198,8 @@ def pack_for_shape(cache: dict, shape: tuple, pack) -> torch.Tensor:
 
 
 # how the report names the tuned forms
-FORM_NAMES = {None: "oneDNN direct", 4: "Winograd F(4×4)", 2: "Winograd F(2×2)", "gemm": "ferfuse GEMM"}
+FORM_NAMES = {None: "oneDNN direct", 4: "Winograd F(4×4)", 2: "Winograd F(2×2)", "gemm": "ferfuse GEMM",
+              "depthwise": "ferfuse depthwise"}
 GEMM_ENGINE_NAMES = {"onednn": "oneDNN", "gemm": "ferfuse GEMM"}
 
 # activations a folded conv can apply in its epilogue: torch function and oneDNN's post-op name
@@ -215,6 +219,8 @@ class ConvRunner:
         self._winograd: dict[int, winograd.WinogradConv] = {}  # per tile size, built on first use
         self.pointwise_eligible = pointwise.eligible(weight, stride, padding, dilation, groups)
         self._gemm: pointwise.PointwiseConv | None = None  # packed on first use
+        self.depthwise_eligible = depthwise.eligible(weight, stride, padding, dilation, groups)
+        self._depthwise: depthwise.MixedDepthwise | None = None  # its tap table, made on first use
         self.chosen: dict[tuple, int | str | None] = {}  # input shape -> tuned form, for the report
 
     @classmethod
@@ -247,20 +253,30 @@ class ConvRunner:
             self._gemm = pointwise.PointwiseConv(self.weight, self.bias)
         return self._gemm
 
+    def depthwise(self) -> depthwise.MixedDepthwise:
+        if self._depthwise is None:  # a racing thread builds an equal one: harmless
+            self._depthwise = depthwise.MixedDepthwise([self.weight], self.bias, self.stride[0])
+        return self._depthwise
+
     def can_take(self, form, engine: str | None = None) -> bool:
-        """Whether this conv can run as `form` (a Winograd tile, its GEMMs on `engine`, or "gemm")
-        for some epilogue."""
+        """Whether this conv can run as `form` (a Winograd tile, its GEMMs on `engine`, "gemm" or
+        "depthwise") for some epilogue."""
+        if form == "depthwise":
+            return self.depthwise_eligible and depthwise.LIBRARY.unavailable_reason() is None
         gemm_built = pointwise.unavailable_reason() is None
         if form == "gemm":
             return self.pointwise_eligible and gemm_built
         return self.winograd_eligible and (engine != "gemm" or gemm_built)
 
-    def forms(self, act) -> tuple:
+    def forms(self, act, residual=None) -> tuple:
         """The forms a tuned call with epilogue `act` chooses from (None: oneDNN direct), or ()."""
         if self.winograd_eligible and act in (None, "relu"):
             return (None, 4, 2)
         if act in pointwise.ACT_CODES and self.can_take("gemm"):
             return (None, "gemm")
+        # the C loops apply the activation, not a residual add before it
+        if residual is None and (act is None or act in depthwise.ACTIVATIONS) and self.can_take("depthwise"):
+            return (None, "depthwise")
         return ()
 
     def run(self, x, act: str | None = None, residual=None, executor: str = "aten"):
@@ -269,7 +285,7 @@ class ConvRunner:
             if residual is not None:
                 y = y + residual
             return ACTIVATIONS[act][0](y) if act else y
-        forms = self.forms(act) if executor != "onednn" else ()
+        forms = self.forms(act, residual) if executor != "onednn" else ()
         if forms:  # a forced form this conv cannot take runs direct
             form, engine = FORCED_FORM.get(executor) or (self.tuned_form(x, act, residual, forms), None)
             if form in forms:
@@ -282,6 +298,8 @@ class ConvRunner:
             return self.direct(x, act, residual)
         if form == "gemm":
             return self.gemm().run(x, act, residual)
+        if form == "depthwise":
+            return self.depthwise().run_c(x, act)
         return self.winograd(form).run(x, relu=act == "relu", residual=residual, engine=engine)
 
     def direct(self, x, act=None, residual=None):
@@ -320,6 +338,8 @@ class ConvRunner:
             # the GEMM's packing, where no input shape kept it
             if best != "gemm" and "gemm" not in self.chosen.values():
                 self._gemm = None
+            if best != "depthwise" and "depthwise" not in self.chosen.values():
+                self._depthwise = None
             return best
 
         form = once(FORM_BY_PROBLEM, self.problem(x, act, residual), _FORM_LOCK, choose)

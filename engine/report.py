@@ -50,12 +50,13 @@ class Report:
     conv_runners: Callable[[], list] | None = field(default=None, repr=False)
 
     def form_tally(self) -> dict[str, Counter]:
-        """{"3×3 convolutions": Counter(form name: convs), "1×1 convolutions": ..., "Winograd
-        GEMMs": Counter(engine name: convs)}: the forms tuned convolutions run as, and the engine
+        """{"3×3 convolutions": Counter(form name: convs), "1×1 convolutions": ..., "depthwise
+        convolutions": ..., "Winograd GEMMs": Counter(engine name: convs)}: the forms tuned convolutions run as, and the engine
         of their Winograd tiles' GEMMs, one count per convolution and input shape, so far."""
         tally: dict[str, Counter] = {}
         for runner in self.conv_runners() if self.conv_runners else []:
-            kind = "1×1 convolutions" if runner.pointwise_eligible else "3×3 convolutions"
+            kind = "1×1 convolutions" if runner.pointwise_eligible else \
+                "depthwise convolutions" if runner.depthwise_eligible else "3×3 convolutions"
             for form in runner.chosen.values():
                 tally.setdefault(kind, Counter())[FORM_NAMES[form]] += 1
             for engine in runner.winograd_engines():

@@ -7,13 +7,13 @@ found by structure: a module with `block`, an nn.Sequential of
 and `use_res_connect` (x + block(x); `stochastic_depth` is the identity in eval mode).
 
 Folded (eval mode): every BatchNorm into its conv. On the oneDNN executors the block is four
-calls: the expand conv with its activation in the epilogue; the depthwise conv with its own, on
-oneDNN (whose brdgmm depthwise kernel ran EfficientNet-B5's depthwise convs 1.3-3.7× faster than
-depthwise.c's loops on this AVX2 machine); one C pass for squeeze-and-excitation (GAP, the MLP, the
-gate applied in place; engine/depthwise.c) instead of six torch ops; and the project conv with the
-residual add in its epilogue. The 1×1 convs run on oneDNN, or on the winograd executor on ferfuse's
-GEMM (engine/pointwise.py) where their first call timed it faster. On aten (and CUDA, and export)
-the same folded weights run as torch ops.
+calls: the expand conv with its activation in the epilogue; the depthwise conv with its own; one C
+pass for squeeze-and-excitation (GAP, the MLP, the gate applied in place; engine/depthwise.c)
+instead of six torch ops; and the project conv with the residual add in its epilogue. On the
+winograd executor each conv runs in the form its first call at an input shape timed fastest: the
+1×1 convs on ferfuse's GEMM (engine/pointwise.py) or oneDNN, the depthwise conv on depthwise.c's
+register-blocked loops or oneDNN's brdgmm kernel. On aten (and CUDA, and export) the same folded
+weights run as torch ops.
 """
 import torch
 import torch.nn as nn
@@ -115,7 +115,7 @@ class FusedMBConv(MobileBlockUnit):
             return f["project"].run(y, residual=residual, executor="aten")
         executor = self.conv_executor()  # onednn, or winograd: each 1×1 conv on its timed GEMM
         u = f["expand"].run(x, act=expand_act, executor=executor) if "expand" in f else x
-        y = f["dw"].direct(u, act=dw_act).contiguous(memory_format=torch.channels_last)
+        y = f["dw"].run(u, act=dw_act, executor=executor).contiguous(memory_format=torch.channels_last)
         return f["project"].run(f["se"].run_c(y), residual=residual, executor=executor)  # the gate: on y in place
 
 

@@ -39,13 +39,22 @@ def _mixed_reference(x, kernels, bias, stride, prelu):
 
 # (batch, channels per group, kernel per group, H, W, stride, PReLU, bias): odd sizes, batch 1,
 # one group, MHAN's 3/5/7/9 groups at stride 2 on a map whose size stride 2 does not divide, 40
-# channels (two full blocks of 16 lanes and a tail)
+# channels (two full blocks of 16 lanes and a tail). The register-blocked path (k 3, 5, 7 and
+# stride 1, 2 on AVX2) takes 8-pixel blocks inside the width and clipped ones at its edges: widths
+# of 17 and 30 (whole interior blocks, then a 1-pixel one), a map narrower than its kernel, groups
+# whose boundaries are not multiples of 8 channels, and 70 channels (past the 64-channel work unit,
+# a group straddling it)
 MIXED = [
     (1, (5, 3), (3, 5), 9, 7, 1, True, False),
     (3, (16, 8, 8), (3, 5, 7), 14, 14, 2, True, True),
     (2, (4, 4, 4, 5), (3, 5, 7, 9), 13, 11, 2, False, True),
     (1, (17,), (3,), 7, 7, 1, True, False),
     (2, (40,), (5,), 15, 12, 1, True, True),
+    (2, (24,), (3,), 6, 17, 1, False, True),
+    (1, (29,), (7,), 9, 30, 1, False, True),
+    (1, (19,), (5,), 5, 3, 2, False, True),
+    (1, (12, 20), (3, 5), 11, 35, 2, True, False),
+    (2, (60, 10), (5, 3), 8, 9, 1, False, True),
 ]
 
 
@@ -65,6 +74,50 @@ def test_mixed_depthwise_matches_float64(case, gen, poisoned_empty):
     assert got.is_contiguous(memory_format=torch.channels_last)
     assert_close(got, expected, _budget(fp32, expected), "C mixed depthwise")
     assert_close(op.run_torch(x), expected, _budget(fp32, expected), "torch mixed depthwise")
+
+
+@pytest.mark.parametrize("act", ["silu", "relu", "hard_swish"])
+@pytest.mark.parametrize("case", [(2, 24, 3, 10, 19, 1), (1, 37, 5, 14, 14, 2), (1, 16, 7, 7, 7, 1)], ids=str)
+def test_depthwise_activation_epilogue_matches_float64(case, act, gen, poisoned_empty):
+    """The activation applied as the output is stored, on the blocked and the per-pixel loops."""
+    n, c, k, h, w, stride = case
+    kernel, bias = torch.randn(c, 1, k, k, generator=gen) / k, torch.randn(c, generator=gen)
+    x = torch.randn(n, c, h, w, generator=gen)
+    expected = ACTIVATIONS[act][1](_mixed_reference(x.double(), [kernel], bias, stride, None))
+    fp32 = ACTIVATIONS[act][1](_mixed_reference(x, [kernel], bias, stride, None))
+    got = MixedDepthwise([kernel], bias, stride).run_c(x.contiguous(memory_format=torch.channels_last), act)
+    assert_close(got, expected, _budget(fp32, expected), f"C depthwise + {act}")
+
+
+@pytest.mark.parametrize("act", [None, "silu", "relu"])
+def test_depthwise_propagates_nan_to_the_windows_that_hold_it(act):
+    """A NaN input pixel makes NaN exactly the outputs whose window holds it (IEEE: no fast-math)."""
+    kernel = torch.rand(16, 1, 3, 3) + 0.1
+    x = torch.rand(1, 16, 12, 12)
+    x[0, 3, 5, 9] = float("nan")
+    got = MixedDepthwise([kernel], None, 1).run_c(x.contiguous(memory_format=torch.channels_last), act)
+    expected = torch.zeros(1, 16, 12, 12, dtype=torch.bool)
+    expected[0, 3, 4:7, 8:11] = True
+    assert torch.equal(got.isnan(), expected)
+
+
+def test_depthwise_form_of_a_folded_conv(gen, poisoned_empty):
+    """A ConvRunner of a depthwise conv offers the C loops as a form beside oneDNN direct, forced by
+    the `depthwise` name; not with a residual (the loops apply the activation, not an add before
+    it), nor for a conv the loops do not run (stride 3, dilated, a channel multiplier of 2)."""
+    from ferfuse.engine.executors import ConvRunner
+
+    weight, bias = torch.randn(24, 1, 5, 5, generator=gen) / 5, torch.randn(24, generator=gen)
+    runner = ConvRunner(weight, bias, (2, 2), (2, 2), (1, 1), 24)
+    assert runner.forms("silu") == (None, "depthwise") and runner.forms("silu", residual=True) == ()
+    x = torch.randn(3, 24, 15, 13, generator=gen)
+    expected = F.silu(F.conv2d(x.double(), weight.double(), bias.double(), 2, 2, 1, 24))
+    fp32 = F.silu(F.conv2d(x, weight, bias, 2, 2, 1, 24))
+    for executor in ("depthwise", "winograd", "onednn"):
+        assert_close(runner.run(x, act="silu", executor=executor), expected, _budget(fp32, expected), executor)
+    for args in [((3, 3), (2, 2), (1, 1), 24), ((1, 1), (4, 4), (2, 2), 24)]:
+        assert not ConvRunner(weight, bias, *args).can_take("depthwise")
+    assert not ConvRunner(torch.randn(24, 1, 3, 3), None, (1, 1), (1, 1), (1, 1), 12).can_take("depthwise")
 
 
 def test_mixed_depthwise_takes_any_layout_without_touching_a_copy(gen):
@@ -202,7 +255,7 @@ def _efficientnet_stages():
     return randomize_batchnorm(torchvision.models.efficientnet_b0(weights=None).features[:4], seed=5).eval()
 
 
-@pytest.mark.parametrize("executor", ["onednn", "aten"])
+@pytest.mark.parametrize("executor", ["winograd", "onednn", "aten"])
 def test_fused_mbconv_blocks_match_float64(executor, gen):
     model = _efficientnet_stages()
     reference = copy.deepcopy(model).double()
@@ -212,6 +265,10 @@ def test_fused_mbconv_blocks_match_float64(executor, gen):
     assert fused == ["1.0", "2.0", "2.1", "3.0", "3.1"] and not rep.reverted
     _assert_matches_float64(model, reference, f"{executor} EfficientNet stages",
                             [torch.randn(1, 3, 64, 64, generator=gen), torch.randn(3, 3, 45, 37, generator=gen)])
+    if executor == "winograd":  # each depthwise conv's form per input shape, in the report
+        tally = rep.form_tally()["depthwise convolutions"]
+        assert set(tally) <= {"oneDNN direct", "ferfuse depthwise"} and sum(tally.values()) == 5 * 2, tally
+        assert "depthwise" in rep.verified_forms
 
 
 def test_mbconv_with_another_gate_is_skipped_with_its_reason():
