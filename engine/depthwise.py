@@ -1,7 +1,8 @@
 """The middle of a mobile block on CPU, as C passes over channels-last maps (depthwise.c): MHAN's
 mixed depthwise convolution (with the PReLU before it) and coordinate attention, EfficientNet's
-squeeze-and-excitation; the 1×1 expand and project convolutions around them (and EfficientNet's
-depthwise conv) run on oneDNN (engine/patterns/mix_depthwise.py for MHAN, mbconv.py for EfficientNet).
+squeeze-and-excitation; the 1×1 expand and project convolutions around them run on oneDNN or
+ferfuse's GEMM (engine/patterns/mix_depthwise.py for MHAN, mbconv.py for EfficientNet), and
+EfficientNet's depthwise conv here or on oneDNN, as its first call at a shape timed (executors.py).
 
 MHAN's trunk is 34 such blocks on maps of 28×28 to 7×7: as torch ops each block is ~25 calls
 (split, a conv per kernel size, cat, two means, cat, three 1×1 convs, h-swish, two sigmoids, two
