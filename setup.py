@@ -23,7 +23,7 @@ setup(
     python_requires=">=3.10",
     packages=list(PACKAGES),
     package_dir=PACKAGES,
-    package_data={"ferfuse.engine": ["winograd.c", "depthwise.c", "pointwise.c"]},  # C kernels, compiled on first use (engine/native.py)
+    package_data={"ferfuse.engine": ["winograd.c", "depthwise.c", "pointwise.c", "sigmoid.h"]},  # C kernels, compiled on first use (engine/native.py)
     # Lower bounds only: GPU machines run torch 2.11 / triton 3.6, development machines 2.14.1.
     # OpenCV 4.x: the 5.x wheels dropped the Haar cascades the face detector uses
     install_requires=["torch>=2.4", "torchvision>=0.19", "numpy", "opencv-python-headless>=4.8,<5", "pillow",

@@ -1,11 +1,13 @@
-"""C kernels of the CPU executors (winograd.c, depthwise.c, pointwise.c): built with the system C compiler on
-first use, cached under ~/.cache/ferfuse (FERFUSE_CACHE) per source, compiler, flags and CPU, and
-loaded with ctypes. Where no compiler is found or the build fails, `Library.get()` raises
-`NativeUnavailable` with the reason, which optimize() reports."""
+"""C kernels of the CPU executors (winograd.c, depthwise.c, pointwise.c): built with the system C
+compiler on first use, cached under ~/.cache/ferfuse (FERFUSE_CACHE) per source (with the local
+headers it includes), compiler, flags and CPU, and loaded with ctypes. Where no compiler is found
+or the build fails, `Library.get()` raises `NativeUnavailable` with the reason, which optimize()
+reports."""
 import ctypes
 import hashlib
 import os
 import platform
+import re
 import subprocess
 import tempfile
 import threading
@@ -40,6 +42,9 @@ def build(source: Path) -> ctypes.CDLL:
     """Compile `source` into a shared library (once per machine and source) and load it."""
     cc = os.environ.get("CC", "cc")
     text = source.read_bytes()
+    # the local headers it includes (sigmoid.h) are part of what it compiles to
+    for header in sorted(set(re.findall(rb'^#include "([\w.]+)"', text, re.M))):
+        text += (source.parent / header.decode()).read_bytes()
     key = hashlib.sha256(text + " ".join([cc, *FLAGS, _cpu_signature()]).encode()).hexdigest()[:16]
     target = cache_dir() / f"{source.stem}-{key}.so"
     if not target.exists():

@@ -28,38 +28,16 @@
 
 enum { ACT_NONE = 0, ACT_RELU = 1, ACT_SILU = 2 };
 
+#define INLINE static inline __attribute__((always_inline))
+
+#include "sigmoid.h" /* SiLU's sigmoid, as depthwise.c's */
+
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 
-#define INLINE static inline __attribute__((always_inline))
-
-/* x * sigmoid(x), the sigmoid as depthwise.c's: e^-x = 2^n e^r, n = round(-x / ln 2), e^r a
- * degree-7 Taylor polynomial (|r| <= ln(2)/2, truncation < 2e-9); -x clamped to [-87, 88] where
- * the sigmoid is 0 or 1 to float precision. A NaN x gives NaN (x times a finite gate). */
-INLINE __m256 silu8(__m256 v) {
-    __m256 x = _mm256_sub_ps(_mm256_setzero_ps(), v);
-    x = _mm256_and_ps(x, _mm256_cmp_ps(x, x, _CMP_ORD_Q));  /* NaN -> 0 (the product keeps NaN) */
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.f)), _mm256_set1_ps(88.f));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.4286068203e-06f), r);  /* ln 2 in two parts */
-    __m256 p = _mm256_set1_ps(1.f / 5040.f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 720.f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 120.f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 24.f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 6.f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    __m256 gate = _mm256_div_ps(_mm256_set1_ps(1.f), _mm256_fmadd_ps(p, _mm256_castsi256_ps(e), _mm256_set1_ps(1.f)));
-    return _mm256_mul_ps(v, gate);
-}
-
 INLINE __m256 activate8(__m256 v, int act) {
     if (act == ACT_RELU) return _mm256_max_ps(_mm256_setzero_ps(), v);  /* max(0, NaN) is NaN, as torch.relu */
-    if (act == ACT_SILU) return silu8(v);
+    if (act == ACT_SILU) return _mm256_mul_ps(v, sigmoid8(v));          /* NaN stays NaN */
     return v;
 }
 
@@ -129,11 +107,10 @@ static void tile(const float *x, int64_t ldx, const float *panel, const float *b
 
 
 #else /* no AVX2 + FMA: a plain loop, correct and slow (the timing then keeps oneDNN) */
-#include <math.h>
 
 static float activate1(float v, int act) {
     if (act == ACT_RELU) return v < 0.f ? 0.f : v;
-    if (act == ACT_SILU) return v / (1.f + expf(-v));
+    if (act == ACT_SILU) return v * sigmoid(v);
     return v;
 }
 
