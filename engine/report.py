@@ -51,8 +51,9 @@ class Report:
 
     def form_tally(self) -> dict[str, Counter]:
         """{"3×3 convolutions": Counter(form name: convs), "1×1 convolutions": ..., "depthwise
-        convolutions": ..., "Winograd GEMMs": Counter(engine name: convs)}: the forms tuned convolutions run as, and the engine
-        of their Winograd tiles' GEMMs, one count per convolution and input shape, so far."""
+        convolutions": ..., "Winograd GEMMs": Counter(engine name: convs)}: the forms tuned
+        convolutions run as, and the engine of their Winograd tiles' GEMMs, one count per
+        convolution and input shape, so far."""
         tally: dict[str, Counter] = {}
         for runner in self.conv_runners() if self.conv_runners else []:
             kind = "1×1 convolutions" if runner.pointwise_eligible else \
