@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from . import native
+from .scratch import scratch
 
 SOURCE = Path(__file__).with_name("depthwise.c")
 
@@ -91,14 +92,16 @@ class MixedDepthwise:
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     @torch.compiler.disable  # the C pass writes through raw pointers, which a compiler cannot see
-    def run_c(self, x: torch.Tensor, act: str | None = None) -> torch.Tensor:
-        """The C pass on a float32 CPU map, `act` (an ACTIVATIONS name) applied to its output; x must
-        be the caller's own: the PReLU is applied to it in place (to its channels-last copy where it
-        is not channels-last)."""
+    def run_c(self, x: torch.Tensor, act: str | None = None, scratch_slot: int | None = None) -> torch.Tensor:
+        """The C pass on a float32 CPU map, `act` (an ACTIVATIONS name) applied to its output,
+        written into this thread's scratch map `scratch_slot` (scratch.py) where given; x must be
+        the caller's own: the PReLU is applied to it in place (to its channels-last copy where it is
+        not channels-last)."""
         n, c, h, w = x.shape
         x = x.contiguous(memory_format=torch.channels_last)
         ho, wo = self.out_size(h, w)
-        y = torch.empty((n, c, ho, wo), memory_format=torch.channels_last)
+        y = torch.empty((n, c, ho, wo), memory_format=torch.channels_last) if scratch_slot is None else \
+            scratch(scratch_slot, (n, c, ho, wo))
         LIBRARY.get().mixed_depthwise(native.ptr(x), native.ptr(self.taps), native.ptr(self.bias_c),
                                       native.ptr(self.prelu_c), native.ptr(y), n, h, w, c, ho, wo, self.stride,
                                       self.size, len(self.sizes), native.ptr(self.starts), native.ptr(self.sizes),

@@ -222,6 +222,7 @@ class ConvRunner:
         self.depthwise_eligible = depthwise.eligible(weight, stride, padding, dilation, groups)
         self._depthwise: depthwise.MixedDepthwise | None = None  # its tap table, made on first use
         self.chosen: dict[tuple, int | str | None] = {}  # input shape -> tuned form, for the report
+        self._plans: dict[tuple, tuple] = {}  # call signature -> (form, engine): `run`
 
     @classmethod
     def like(cls, conv: nn.Conv2d, weight, bias) -> "ConvRunner":
@@ -279,27 +280,39 @@ class ConvRunner:
             return (None, "depthwise")
         return ()
 
-    def run(self, x, act: str | None = None, residual=None, executor: str = "aten"):
+    def run(self, x, act: str | None = None, residual=None, executor: str = "aten", scratch_slot: int | None = None):
+        """act(conv(x) + residual) on `executor`. ferfuse's C forms write into this thread's scratch
+        map `scratch_slot` (scratch.py) where given, the others allocate: the result is what returns."""
         if executor == "aten":
             y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
             if residual is not None:
                 y = y + residual
             return ACTIVATIONS[act][0](y) if act else y
+        # the form per call signature, looked up first: a HAFEM forward makes ~115 of these calls,
+        # and resolving each anew (forms, the problem key, the timed choice) cost ~4 µs a call
+        key = (executor, x.shape, act, residual is not None, torch.get_num_threads())
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self.plan(x, act, residual, executor)
+        return self.run_form(*plan, x, act, residual, scratch_slot)
+
+    def plan(self, x, act, residual, executor: str) -> tuple:
+        """(form, Winograd GEMM engine) for a call on `executor` (form None: oneDNN direct)."""
         forms = self.forms(act, residual) if executor != "onednn" else ()
         if forms:  # a forced form this conv cannot take runs direct
             form, engine = FORCED_FORM.get(executor) or (self.tuned_form(x, act, residual, forms), None)
             if form in forms:
-                return self.run_form(form, x, act, residual, engine)
-        return self.direct(x, act, residual)
+                return form, engine
+        return None, None
 
-    def run_form(self, form, x, act, residual, engine: str | None = None):
+    def run_form(self, form, engine, x, act, residual, scratch_slot: int | None = None):
         """`form` (None: direct); a Winograd tile's GEMMs on `engine`, None: the one timed fastest."""
         if form is None:
             return self.direct(x, act, residual)
         if form == "gemm":
-            return self.gemm().run(x, act, residual)
+            return self.gemm().run(x, act, residual, scratch_slot)
         if form == "depthwise":
-            return self.depthwise().run_c(x, act)
+            return self.depthwise().run_c(x, act, scratch_slot)
         return self.winograd(form).run(x, relu=act == "relu", residual=residual, engine=engine)
 
     def direct(self, x, act=None, residual=None):
@@ -329,7 +342,7 @@ class ConvRunner:
             if 4 in forms and min(x.shape[2:]) < 4:
                 candidates = (None,)
             best = candidates[0] if len(candidates) == 1 else \
-                fastest(candidates, lambda f: self.run_form(f, x, act, residual))[0]
+                fastest(candidates, lambda f: self.run_form(f, None, x, act, residual))[0]
             for t, conv in self._winograd.items():  # the losers' packings for this shape
                 if t != best:
                     conv.drop_packed(x.shape)

@@ -74,6 +74,9 @@ class Library:
         self._lock = threading.Lock()
 
     def get(self) -> ctypes.CDLL:
+        lib = self._lib
+        if lib is not None:  # built: no lock on the per-call path
+            return lib
         with self._lock:
             if self._lib is None and self._error is None:
                 try:
@@ -95,5 +98,6 @@ class Library:
 
 
 def ptr(t):
-    """A tensor's data pointer for ctypes (None for None)."""
-    return None if t is None else ctypes.c_void_p(t.data_ptr())
+    """A tensor's data pointer for a c_void_p argument (None for None): an int, which ctypes
+    converts itself."""
+    return None if t is None else t.data_ptr()

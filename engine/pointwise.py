@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from . import native
+from .scratch import scratch
 
 SOURCE = Path(__file__).with_name("pointwise.c")
 NR = 16  # output channels per packed panel (pointwise.c)
@@ -72,8 +73,10 @@ class PointwiseConv:
         self.out_channels, self.in_channels = n, k
 
     @torch.compiler.disable  # raw pointers: a compiler cannot see the writes
-    def run(self, x: torch.Tensor, act: str | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """act(conv(x) + residual) as a channels-last map; act None, 'relu' or 'silu'."""
+    def run(self, x: torch.Tensor, act: str | None = None, residual: torch.Tensor | None = None,
+            scratch_slot: int | None = None) -> torch.Tensor:
+        """act(conv(x) + residual) as a channels-last map; act None, 'relu' or 'silu'; written into
+        this thread's scratch map `scratch_slot` (scratch.py) where given."""
         b, c, h, w = x.shape
         if c != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channels, got {c}")
@@ -81,6 +84,7 @@ class PointwiseConv:
         if residual is not None:
             residual = residual.contiguous(memory_format=torch.channels_last)
         n = self.out_channels
-        y = torch.empty((b, n, h, w), memory_format=torch.channels_last)
+        y = torch.empty((b, n, h, w), memory_format=torch.channels_last) if scratch_slot is None else \
+            scratch(scratch_slot, (b, n, h, w))
         gemm_groups(x, c, self.packed, self.bias, y, n, b * h * w, c, n, 1, act, residual)
         return y

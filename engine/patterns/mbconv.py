@@ -106,7 +106,8 @@ class FusedMBConv(MobileBlockUnit):
 
     def forward(self, x):
         f = self.folded(x.device)
-        x = x.to(self.dtype)
+        if x.dtype != self.dtype:
+            x = x.to(self.dtype)
         residual = x if self.block.use_res_connect else None
         expand_act, dw_act = self.expand_act, self.dw_act
         if not self.runs_c():
@@ -114,8 +115,9 @@ class FusedMBConv(MobileBlockUnit):
             y = f["se"].run_torch(f["dw"].run(u, act=dw_act, executor="aten"))
             return f["project"].run(y, residual=residual, executor="aten")
         executor = self.conv_executor()  # onednn, or winograd: each 1×1 conv on its timed GEMM
-        u = f["expand"].run(x, act=expand_act, executor=executor) if "expand" in f else x
-        y = f["dw"].run(u, act=dw_act, executor=executor).contiguous(memory_format=torch.channels_last)
+        # u and y die in this call: ferfuse's C forms write them into this thread's scratch maps
+        u = f["expand"].run(x, act=expand_act, executor=executor, scratch_slot=0) if "expand" in f else x
+        y = f["dw"].run(u, act=dw_act, executor=executor, scratch_slot=1).contiguous(memory_format=torch.channels_last)
         return f["project"].run(f["se"].run_c(y), residual=residual, executor=executor)  # the gate: on y in place
 
 

@@ -93,15 +93,17 @@ class FusedMixDepthwise(MobileBlockUnit):
 
     def forward(self, x):
         f = self.folded(x.device)
-        x = x.to(self.dtype)
+        if x.dtype != self.dtype:
+            x = x.to(self.dtype)
         residual = x if self.block.residual else None
         if not self.runs_c():
             u = f["expand"].run(x, executor="aten")
             y = f["gate"].run_torch(f["mixed"].run_torch(u))
             return f["project"].run(y, residual=residual, executor="aten")
         executor = self.conv_executor()  # onednn, or winograd: each 1×1 conv on its timed GEMM
-        u = f["expand"].run(x, executor=executor)  # a fresh map: the C pass applies the PReLU to it in place
-        y = f["gate"].run_c(f["mixed"].run_c(u))
+        # u and y die in this call: ferfuse's C forms write them into this thread's scratch maps
+        u = f["expand"].run(x, executor=executor, scratch_slot=0)  # ours: the C pass applies the PReLU in place
+        y = f["gate"].run_c(f["mixed"].run_c(u, scratch_slot=1))
         return f["project"].run(y, residual=residual, executor=executor)
 
 

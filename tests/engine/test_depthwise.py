@@ -6,13 +6,16 @@ Tolerance: the engine's fp32 budget (engine/verify.py), 4 × the fp32 torch comp
 against float64 + 1e-6: the C loops sum the same products in another order, which errs like the
 original does."""
 import copy
+import math
+import threading
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ferfuse.engine import depthwise, optimize, report
+from ferfuse.engine import depthwise, optimize, report, scratch
+from ferfuse.engine.executors import ConvRunner, use_executor
 from ferfuse.engine.depthwise import ACTIVATIONS, CoordinateAttention, MixedDepthwise, SqueezeExcite
 from ferfuse.engine.patterns import mix_depthwise
 from ferfuse.models import randomize_batchnorm
@@ -276,3 +279,61 @@ def test_mbconv_with_another_gate_is_skipped_with_its_reason():
     model[2][1].block[2].scale_activation = nn.Hardsigmoid()
     optimize(model, example_inputs=(torch.randn(1, 3, 64, 64),))
     assert any(s.module == "2.1" and "Sigmoid" in s.reason for s in report(model).skipped)
+
+
+def test_scratch_maps_are_channels_last_per_thread_and_slot_and_grow():
+    scratch.release()
+    a = scratch.scratch(0, (2, 8, 5, 3))
+    assert a.shape == (2, 8, 5, 3) and a.is_contiguous(memory_format=torch.channels_last)
+    b = scratch.scratch(0, (1, 4, 3, 3))  # smaller: the same buffer
+    assert b.data_ptr() == a.data_ptr() and scratch.held_bytes() == 4 * math.prod(a.shape)
+    assert scratch.scratch(1, (1, 4, 3, 3)).data_ptr() != a.data_ptr()
+    big = scratch.scratch(0, (4, 8, 5, 3))  # larger: slot 0 grows
+    assert big.shape == (4, 8, 5, 3) and scratch.held_bytes() == 4 * (math.prod(big.shape) + 36)
+    seen = {}
+    worker = threading.Thread(target=lambda: seen.update(ptr=scratch.scratch(0, (1, 4, 3, 3)).data_ptr()))
+    worker.start()
+    worker.join()
+    assert seen["ptr"] != big.data_ptr()  # another thread: its own buffer
+    scratch.release()
+    assert scratch.held_bytes() == 0
+
+
+def test_scratch_is_poisoned_like_torch_empty(poisoned_empty):
+    scratch.scratch(0, (1, 2, 2, 2)).fill_(1.0)
+    assert scratch.scratch(0, (1, 2, 2, 2)).isnan().all()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_mbconv_intermediates_in_scratch_maps(threads, gen, poisoned_empty, monkeypatch):
+    """EfficientNet's blocks with every 1×1 conv on ferfuse's GEMM and every depthwise conv on the
+    C loops (the expand and depthwise outputs in scratch maps), at batch 3, 1 and 3 in turn, from
+    concurrent threads: every output matches float64, and none lies in a scratch buffer."""
+    model = _efficientnet_stages()
+    reference = copy.deepcopy(model).double()
+    optimize(model, executor="winograd", example_inputs=(torch.randn(2, 3, 48, 48, generator=gen),), strict=True)
+    # the C forms wherever a conv can take them, in place of each shape's timed choice
+    monkeypatch.setattr(ConvRunner, "tuned_form", lambda self, x, act, residual, forms: next(
+        (f for f in ("gemm", "depthwise") if f in forms), None))
+    inputs = [torch.randn(b, 3, 48, 48, generator=gen) for b in (3, 1, 3)]
+    errors = []
+
+    def work():
+        try:
+            scratch.release()
+            with use_executor("winograd"):
+                _assert_matches_float64(model, reference, f"{threads} thread(s)", inputs)
+                with torch.no_grad():
+                    out = model(inputs[0])
+            held = [flat for flat, _ in scratch._LOCAL.__dict__.get("buffers", {}).values()]
+            assert len(held) == 2, "the expand and depthwise convs did not both take a scratch map"
+            assert all(out.untyped_storage().data_ptr() != flat.untyped_storage().data_ptr() for flat in held)
+        except AssertionError as err:
+            errors.append(err)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors, errors
