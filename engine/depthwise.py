@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from . import native
-from .scratch import scratch
+from .scratch import output_map
 
 SOURCE = Path(__file__).with_name("depthwise.c")
 
@@ -100,8 +100,7 @@ class MixedDepthwise:
         n, c, h, w = x.shape
         x = x.contiguous(memory_format=torch.channels_last)
         ho, wo = self.out_size(h, w)
-        y = torch.empty((n, c, ho, wo), memory_format=torch.channels_last) if scratch_slot is None else \
-            scratch(scratch_slot, (n, c, ho, wo))
+        y = output_map((n, c, ho, wo), scratch_slot)
         LIBRARY.get().mixed_depthwise(native.ptr(x), native.ptr(self.taps), native.ptr(self.bias_c),
                                       native.ptr(self.prelu_c), native.ptr(y), n, h, w, c, ho, wo, self.stride,
                                       self.size, len(self.sizes), native.ptr(self.starts), native.ptr(self.sizes),

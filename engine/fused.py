@@ -72,9 +72,9 @@ class FusedUnit:
             self._slot_list = slots
         return slots
 
-    def _key(self) -> list:
-        # a list comprehension: read on every call, and a third cheaper than tuple(generator)
-        return [None if (t := table.get(name)) is None else (t.data_ptr(), t._version) for table, name in self._slots()]
+    def _key(self) -> tuple:
+        return tuple(None if (t := table.get(name)) is None else (t.data_ptr(), t._version)
+                     for table, name in self._slots())
 
     @torch.compiler.disable
     def folded(self, device: torch.device) -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from . import native
-from .scratch import scratch
+from .scratch import output_map
 
 SOURCE = Path(__file__).with_name("pointwise.c")
 NR = 16  # output channels per packed panel (pointwise.c)
@@ -84,7 +84,6 @@ class PointwiseConv:
         if residual is not None:
             residual = residual.contiguous(memory_format=torch.channels_last)
         n = self.out_channels
-        y = torch.empty((b, n, h, w), memory_format=torch.channels_last) if scratch_slot is None else \
-            scratch(scratch_slot, (b, n, h, w))
+        y = output_map((b, n, h, w), scratch_slot)
         gemm_groups(x, c, self.packed, self.bias, y, n, b * h * w, c, n, 1, act, residual)
         return y

@@ -40,9 +40,20 @@ def scratch(slot: int, shape: tuple[int, int, int, int]) -> torch.Tensor:
     return view
 
 
+def output_map(shape: tuple[int, int, int, int], slot: int | None = None) -> torch.Tensor:
+    """Where a C pass writes its N×C×H×W output: a fresh channels-last float32 map, or with `slot`
+    this thread's scratch map in that slot."""
+    return torch.empty(shape, memory_format=torch.channels_last) if slot is None else scratch(slot, shape)
+
+
+def held() -> list[torch.Tensor]:
+    """This thread's scratch buffers (flat), one per slot asked of so far."""
+    return [flat for flat, _ in _LOCAL.__dict__.get("buffers", {}).values()]
+
+
 def held_bytes() -> int:
     """The bytes this thread's scratch buffers hold."""
-    return sum(flat.numel() * flat.element_size() for flat, _ in _LOCAL.__dict__.get("buffers", {}).values())
+    return sum(flat.numel() * flat.element_size() for flat in held())
 
 
 def release():

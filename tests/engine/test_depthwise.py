@@ -325,7 +325,7 @@ def test_mbconv_intermediates_in_scratch_maps(threads, gen, poisoned_empty, monk
                 _assert_matches_float64(model, reference, f"{threads} thread(s)", inputs)
                 with torch.no_grad():
                     out = model(inputs[0])
-            held = [flat for flat, _ in scratch._LOCAL.__dict__.get("buffers", {}).values()]
+            held = scratch.held()
             assert len(held) == 2, "the expand and depthwise convs did not both take a scratch map"
             assert all(out.untyped_storage().data_ptr() != flat.untyped_storage().data_ptr() for flat in held)
         except AssertionError as err:
