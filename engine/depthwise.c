@@ -367,3 +367,86 @@ void squeeze_excite(float *y, int B, int HW, int C, int hidden, const float *w1,
         }
     }
 }
+
+/* CBAM (Woo et al., ECCV 2018) as HAFEM has it, out = (y * ca) * sa, y untouched:
+ *   ca = sigmoid(mlp(avg_p y) + mlp(max_p y)), mlp(m) = w2 relu(w1 m + b1) + b2, per sample;
+ *   sa = sigmoid(conv_kxk([mean_c(y * ca), max_c(y * ca)]) + sb), per pixel (zero padding k/2).
+ * The two MLP outputs meet only in their sum, so w2 runs once on relu(.avg) + relu(.max) with 2 b2.
+ * sw: 2 x k x k (the mean's taps, then the max's); sb: NULL for none.
+ * scratch: B*(2*C + 2*HW) floats: per sample the avg and max pools (then ca over the avg's), and the
+ * two channel statistics maps. Max keeps NaN, as torch.amax. */
+INLINE float max_nan(float m, float v) { return (v > m || v != v) ? v : m; }
+
+void cbam(const float *y, float *out, int B, int H, int W, int C, int hidden, const float *w1, const float *b1,
+          const float *w2t, const float *b2, const float *sw, const float *sb, int k, float *scratch,
+          int threads) {
+    int HW = H * W;
+    float *pools = scratch, *stats = scratch + (int64_t)B * 2 * C;
+    int64_t blocks = (C + L - 1) / L;
+    _Pragma("omp parallel num_threads(threads)")
+    {
+        _Pragma("omp for schedule(static)")
+        for (int64_t t = 0; t < B * blocks; t++) {  /* the pools of L channels, down the pixels */
+            int b = (int)(t / blocks), c0 = (int)(t % blocks) * L, n = C - c0 < L ? C - c0 : L;
+            const float *yb = y + (int64_t)b * HW * C + c0;
+            float sum[L] = {0.f}, top[L];
+            for (int l = 0; l < n; l++) top[l] = -INFINITY;
+            for (int p = 0; p < HW; p++)
+                for (int l = 0; l < n; l++) {
+                    float v = yb[(int64_t)p * C + l];
+                    sum[l] += v;
+                    top[l] = max_nan(top[l], v);
+                }
+            for (int l = 0; l < n; l++) {
+                pools[(int64_t)b * 2 * C + c0 + l] = sum[l] / (float)HW;
+                pools[(int64_t)b * 2 * C + C + c0 + l] = top[l];
+            }
+        }
+        _Pragma("omp for schedule(static)")
+        for (int b = 0; b < B; b++) {  /* ca, over the sample's avg pool */
+            float *avg = pools + (int64_t)b * 2 * C, *top = avg + C, z[hidden];
+            for (int j = 0; j < hidden; j++) {
+                float za = dot(w1 + (int64_t)j * C, avg, C, b1[j]), zm = dot(w1 + (int64_t)j * C, top, C, b1[j]);
+                z[j] = (za < 0.f ? 0.f : za) + (zm < 0.f ? 0.f : zm);  /* NaN stays NaN, as torch.relu */
+            }
+            for (int c = 0; c < C; c++) avg[c] = 2.f * b2[c];
+            for (int j = 0; j < hidden; j++) {
+                const float *wj = w2t + (int64_t)j * C;
+                for (int c = 0; c < C; c++) avg[c] += wj[c] * z[j];
+            }
+            for (int c = 0; c < C; c++) avg[c] = sigmoid(avg[c]);
+        }
+        _Pragma("omp for schedule(static)")
+        for (int64_t p = 0; p < (int64_t)B * HW; p++) {  /* the channel statistics of y * ca */
+            int64_t b = p / HW;
+            const float *ca = pools + b * 2 * C, *yp = y + p * C;
+            float part[L] = {0.f}, s = 0.f, top = -INFINITY;
+            int c = 0;
+            for (; c + L <= C; c += L)
+                for (int l = 0; l < L; l++) part[l] += yp[c + l] * ca[c + l];
+            for (; c < C; c++) s += yp[c] * ca[c];
+            for (int l = 0; l < L; l++) s += part[l];
+            for (c = 0; c < C; c++) top = max_nan(top, yp[c] * ca[c]);
+            stats[b * 2 * HW + p % HW] = s / (float)C;
+            stats[b * 2 * HW + HW + p % HW] = top;
+        }
+        _Pragma("omp for schedule(static)")
+        for (int64_t p = 0; p < (int64_t)B * HW; p++) {  /* sa, then the output pixel */
+            int64_t b = p / HW;
+            int i = (int)(p % HW) / W, x = (int)(p % HW) % W, r = k / 2;
+            const float *mean = stats + b * 2 * HW, *top = mean + HW, *ca = pools + b * 2 * C, *yp = y + p * C;
+            float acc = sb ? sb[0] : 0.f;
+            for (int dy = 0; dy < k; dy++) {
+                int iy = i + dy - r;
+                if (iy < 0 || iy >= H) continue;
+                for (int dx = 0; dx < k; dx++) {
+                    int ix = x + dx - r;
+                    if (ix < 0 || ix >= W) continue;
+                    acc += mean[iy * W + ix] * sw[dy * k + dx] + top[iy * W + ix] * sw[k * k + dy * k + dx];
+                }
+            }
+            float s = sigmoid(acc), *o = out + p * C;
+            for (int c = 0; c < C; c++) o[c] = (yp[c] * ca[c]) * s;
+        }
+    }
+}

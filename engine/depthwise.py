@@ -31,6 +31,7 @@ def _declare(lib):
     lib.mixed_depthwise.argtypes = [p, p, p, p, p, i, i, i, i, i, i, i, i, i, p, p, i, i]
     lib.coordinate_attention.argtypes = [p, i, i, i, i, i, p, p, p, p, p, p, p, i]
     lib.squeeze_excite.argtypes = [p, i, i, i, i, p, p, p, p, i, p, i, i]
+    lib.cbam.argtypes = [p, p, i, i, i, i, i, p, p, p, p, p, p, i, p, i]
 
 
 LIBRARY = native.Library(SOURCE, _declare)
@@ -166,3 +167,26 @@ class SqueezeExcite:
         LIBRARY.get().squeeze_excite(native.ptr(y), n, h * w, c, self.w1.shape[0], w1, b1, w2t, b2,
                                      ACTIVATIONS[self.act][0], native.ptr(scratch), chunks, threads)
         return y
+
+
+class CBAMGate:
+    """CBAM's channel then spatial attention (Woo et al., ECCV 2018) with the channel MLP
+    w1 (hidden×C), b1, w2 (C×hidden), b2 and the spatial k×k conv sw (1×2×k×k), sb (1, or None):
+    out = (y·ca)·sa, ca = σ(mlp(avg y) + mlp(max y)), sa = σ(conv([mean_c, max_c](y·ca)) + sb)."""
+
+    def __init__(self, w1, b1, w2, b2, sw, sb):
+        self.hidden, self.k = w1.shape[0], sw.shape[-1]
+        self.packed = [t.float().contiguous() for t in (w1, b1, w2.t(), b2, sw.reshape(-1))]  # w2ᵀ: hidden×C
+        self.sb = None if sb is None else sb.float().contiguous()
+
+    @torch.compiler.disable
+    def run_c(self, y: torch.Tensor) -> torch.Tensor:
+        """A fresh channels-last map from a float32 CPU map (y is left as it is)."""
+        n, c, h, w = y.shape
+        y = y.contiguous(memory_format=torch.channels_last)
+        out = torch.empty_like(y, memory_format=torch.channels_last)
+        scratch = torch.empty(n * (2 * c + 2 * h * w))
+        w1, b1, w2t, b2, sw = (native.ptr(t) for t in self.packed)
+        LIBRARY.get().cbam(native.ptr(y), native.ptr(out), n, h, w, c, self.hidden, w1, b1, w2t, b2, sw,
+                           native.ptr(self.sb), self.k, native.ptr(scratch), torch.get_num_threads())
+        return out

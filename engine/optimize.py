@@ -11,7 +11,7 @@ from . import winograd
 from .executors import EXECUTORS, ONEDNN_EXECUTORS, ExecutorChoice, onednn_available, use_executor, verification_forms
 from .fused import FusedUnit, original_path
 from .guard import InputGuard
-from .patterns import Skip, all_patterns
+from .patterns import Skip, all_patterns, is_claimed
 from .report import FusedEntry, Report
 from .verify import budget, capture_inputs, errors, first_tensor, top1_agreement, working_precision
 
@@ -180,7 +180,7 @@ def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32"
     kept: list[str] = []  # attention left on PyTorch, noted once (not again for a layer's own self_attn)
     for name, module in model.named_modules():
         if isinstance(module, (nn.TransformerEncoderLayer, nn.MultiheadAttention)) and name and \
-                not any(name.startswith(k + ".") for k in kept):
+                not is_claimed(name, claimed) and not any(name.startswith(k + ".") for k in kept):
             kept.append(name)
             rep.notes.append(f"{name} ({type(module).__name__}): stays on PyTorch's fused attention "
                              "(scaled_dot_product_attention), not fused by ferfuse")

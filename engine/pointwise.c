@@ -51,8 +51,8 @@ INLINE __m256i lane_mask(int n) {
  * the same register code. first: start from the bias, else from zero and add y's partial sum at the
  * end (blocks of KC summed apart: smaller rounding error over long K); last: add the residual,
  * apply act. */
-static void tile(const float *x, int64_t ldx, const float *panel, const float *bias, const float *res, float *y,
-                 int64_t ldy, int mr, int nr, int kc, int first, int last, int act) {
+static void tile(const float *x, int64_t ldx, const float *panel, const float *next, const float *bias,
+                 const float *res, float *y, int64_t ldy, int mr, int nr, int kc, int first, int last, int act) {
     const float *a[MR];
     for (int i = 0; i < MR; i++) a[i] = x + (i < mr ? i : mr - 1) * ldx;
     __m256i m0 = lane_mask(nr), m1 = lane_mask(nr - 8);
@@ -70,10 +70,17 @@ static void tile(const float *x, int64_t ldx, const float *panel, const float *b
         c##i##0 = _mm256_fmadd_ps(ai, b0, c##i##0);          \
         c##i##1 = _mm256_fmadd_ps(ai, b1, c##i##1);          \
     }
-    for (int k = 0; k < kc; k++) {
-        __m256 b0 = _mm256_loadu_ps(panel + k * NR), b1 = _mm256_loadu_ps(panel + k * NR + 8);
-        FMA_ROW(0) FMA_ROW(1) FMA_ROW(2) FMA_ROW(3) FMA_ROW(4) FMA_ROW(5)
-    }
+    if (next)  /* one 64-byte row of the next panel per k: it arrives while this one computes */
+        for (int k = 0; k < kc; k++) {
+            __m256 b0 = _mm256_loadu_ps(panel + k * NR), b1 = _mm256_loadu_ps(panel + k * NR + 8);
+            _mm_prefetch((const char *)(next + k * NR), _MM_HINT_T0);
+            FMA_ROW(0) FMA_ROW(1) FMA_ROW(2) FMA_ROW(3) FMA_ROW(4) FMA_ROW(5)
+        }
+    else
+        for (int k = 0; k < kc; k++) {
+            __m256 b0 = _mm256_loadu_ps(panel + k * NR), b1 = _mm256_loadu_ps(panel + k * NR + 8);
+            FMA_ROW(0) FMA_ROW(1) FMA_ROW(2) FMA_ROW(3) FMA_ROW(4) FMA_ROW(5)
+        }
     __m256 c[MR][2];
 #define OUT(i) c[i][0] = c##i##0; c[i][1] = c##i##1;
     OUT(0) OUT(1) OUT(2) OUT(3) OUT(4) OUT(5)
@@ -114,8 +121,9 @@ static float activate1(float v, int act) {
     return v;
 }
 
-static void tile(const float *x, int64_t ldx, const float *panel, const float *bias, const float *res, float *y,
-                 int64_t ldy, int mr, int nr, int kc, int first, int last, int act) {
+static void tile(const float *x, int64_t ldx, const float *panel, const float *next, const float *bias,
+                 const float *res, float *y, int64_t ldy, int mr, int nr, int kc, int first, int last, int act) {
+    (void)next;
     for (int i = 0; i < mr; i++)
         for (int n = 0; n < nr; n++) {
             float s = first ? bias[n] : y[i * ldy + n];
@@ -141,9 +149,12 @@ static void block(const float *x, int64_t ldx, const float *wp, const float *bia
             int n0 = j * NR, nr = N - n0 < NR ? N - n0 : NR;
             const float *panel = wg + ((int64_t)j * K + k0) * NR;
             const float *bj = bias ? bias + (g * panels + j) * NR : zeros;
+            /* the panel this block reads next: the next one of this K-block, else the first of the next */
+            const float *next = j + 1 < j1 ? panel + (int64_t)K * NR
+                                : k0 + KC < K ? wg + ((int64_t)j0 * K + k0 + KC) * NR : 0;
             for (int64_t m = m0; m < m1; m += MR) {
                 int mr = m1 - m < MR ? (int)(m1 - m) : MR;
-                tile(xg + m * ldx + k0, ldx, panel, bj, rg ? rg + m * ldy + n0 : 0, yg + m * ldy + n0, ldy, mr, nr,
+                tile(xg + m * ldx + k0, ldx, panel, m == m0 ? next : 0, bj, rg ? rg + m * ldy + n0 : 0, yg + m * ldy + n0, ldy, mr, nr,
                      kc, k0 == 0, k0 + kc == K, act);
             }
         }

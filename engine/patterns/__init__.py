@@ -21,6 +21,7 @@ def is_claimed(name: str, claimed: set[str]) -> bool:
 
 def all_patterns():
     from .cbam import CBAMPattern
+    from .conv import LoneConvPattern
     from .conv_bn import ConvBNPattern
     from .dan_heads import DANHeadsPattern
     from .maca_heads import MACAHeadsPattern
@@ -28,6 +29,8 @@ def all_patterns():
     from .mbconv import MBConvPattern
     from .mix_depthwise import MixDepthwisePattern
     from .resnet_block import ResNetBlockPattern
+    from .transformer import TransformerLayerPattern
 
     return [MACAHeadsPattern(), DANHeadsPattern(), MHANPattern(), CBAMPattern(), MixDepthwisePattern(),
-            MBConvPattern(), ResNetBlockPattern(), ConvBNPattern()]
+            MBConvPattern(), ResNetBlockPattern(), ConvBNPattern(), TransformerLayerPattern(),
+            LoneConvPattern()]
