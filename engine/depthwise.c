@@ -19,27 +19,9 @@
 
 #define INLINE static inline __attribute__((always_inline))
 
-#include "sigmoid.h"
+#include "activation.h" /* the ACT_* codes, activate() and activate8(), shared with pointwise.c */
 
 #define L 16 /* channels per accumulator block: two AVX2 or one AVX-512 vector of floats */
-
-INLINE float hard_swish(float v) {
-    float r = v + 3.f;
-    r = r < 0.f ? 0.f : (r > 6.f ? 6.f : r);
-    return v * (r / 6.f);
-}
-
-/* The activations of the gates' hidden layers, by code (engine/depthwise.py ACTIVATIONS). */
-enum { ACT_SILU = 1, ACT_HARD_SWISH = 2, ACT_RELU = 3 };
-
-INLINE float activate(float v, int act) {
-    switch (act) {
-    case ACT_SILU: return v * sigmoid(v);
-    case ACT_HARD_SWISH: return hard_swish(v);
-    case ACT_RELU: return v < 0.f ? 0.f : v;  /* NaN stays NaN, as torch.relu */
-    default: return v;  /* no other code is passed */
-    }
-}
 
 
 /* One output pixel's `lanes` channels from c: the k x k taps of its group that fall inside the
@@ -92,20 +74,6 @@ INLINE void depthwise_pixels(const float *restrict xb, const float *restrict w, 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define HAVE_BLOCKS 1
-
-/* The activation epilogue on 8 lanes (sigmoid8: sigmoid.h); NaN propagates as in activate(). */
-INLINE __m256 activate8(__m256 v, int act) {
-    switch (act) {
-    case ACT_SILU: return _mm256_mul_ps(v, sigmoid8(v));
-    case ACT_HARD_SWISH: {
-        __m256 r = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(v, _mm256_set1_ps(3.f)), _mm256_setzero_ps()),
-                                 _mm256_set1_ps(6.f));
-        return _mm256_mul_ps(v, _mm256_div_ps(r, _mm256_set1_ps(6.f)));
-    }
-    case ACT_RELU: return _mm256_max_ps(_mm256_setzero_ps(), v);  /* max(0, NaN) is the NaN, as torch.relu */
-    default: return v;
-    }
-}
 
 /* PX output pixels of one row and 8 channels from c, register-blocked: PX accumulators, the row's k
  * taps held in registers for a kernel row, and each input pixel of the window loaded once and

@@ -4,6 +4,8 @@ squeeze-and-excitation; the 1×1 expand and project convolutions around them run
 ferfuse's GEMM (engine/patterns/mix_depthwise.py for MHAN, mbconv.py for EfficientNet), and
 EfficientNet's depthwise conv here or on oneDNN, as its first call at a shape timed (executors.py).
 
+HAFEM's CBAM (CBAMGate) is a pass here too, though it follows the trunk rather than a block.
+
 MHAN's trunk is 34 such blocks on maps of 28×28 to 7×7: as torch ops each block is ~25 calls
 (split, a conv per kernel size, cat, two means, cat, three 1×1 convs, h-swish, two sigmoids, two
 products, ...), each too small to amortise its dispatch; here it is two calls. EfficientNet-B5's
@@ -42,7 +44,7 @@ def hard_swish(x: torch.Tensor) -> torch.Tensor:
     return x * (F.relu6(x + 3) / 6)
 
 
-# the activations of the gates' hidden layers (depthwise.c's ACT_* codes) and their torch form
+# the activations of the C passes (activation.h's ACT_* codes, shared with pointwise.c) and their torch form
 ACTIVATIONS = {"silu": (1, F.silu), "hard_swish": (2, hard_swish), "relu": (3, torch.relu)}
 
 

@@ -31,9 +31,12 @@ ONEDNN_EXECUTORS = ("onednn", "winograd")
 # what verification runs so that every form a tuned conv can take at any shape is checked: the
 # executor name with its (form, Winograd GEMM engine) forced on every conv that can take it (direct
 # is `onednn`): a Winograd tile on either GEMM for 3×3 convs, ferfuse's GEMM for 1×1 convs, the C
-# loops for depthwise convs
+# loops for depthwise convs, and "c": both of those at once (ferfuse's C form of each conv that has
+# one, so an MBConv block runs as its one C call, engine/mobile.py)
 FORCED_FORM = {"winograd-f4": (4, "onednn"), "winograd-f4-gemm": (4, "gemm"), "winograd-f2": (2, "onednn"),
-               "winograd-f2-gemm": (2, "gemm"), "pointwise": ("gemm", None), "depthwise": ("depthwise", None)}
+               "winograd-f2-gemm": (2, "gemm"), "pointwise": ("gemm", None), "depthwise": ("depthwise", None),
+               "ferfuse-c": ("c", None)}
+C_FORMS = ("gemm", "depthwise")  # the forms "c" stands for
 TIMED_RUNS = 2  # timed calls per candidate after an untimed one (which packs); the fastest counts
 
 _SELECTED = threading.local()
@@ -66,12 +69,19 @@ def selected_executor(default: str | None = None) -> str | None:
 def verification_forms(candidates: tuple[str, ...], runners=None) -> tuple[str, ...]:
     """Every numerically distinct way `candidates` can run a convolution: a tuned conv may be
     direct, F(4×4) or F(2×2) (3×3), or ferfuse's GEMM (1×1) at some shape, so all are verified.
-    Given the `runners` of one unit, a forced form counts only where one of them can take it."""
+    Given the `runners` of one unit, a forced form counts only where one of them can take it, and
+    "ferfuse-c" only where both C forms have a taker (else it is "pointwise" or "depthwise" again)."""
     forms = []
     for executor in candidates:
         forms += ["onednn", *FORCED_FORM] if executor == "winograd" else [executor]
+
+    def taken(form):
+        if form == "ferfuse-c":
+            return all(any(r.can_take(c) for r in runners) for c in C_FORMS)
+        return any(r.can_take(*FORCED_FORM[form]) for r in runners)
+
     if runners is not None:
-        forms = [f for f in forms if f not in FORCED_FORM or any(r.can_take(*FORCED_FORM[f]) for r in runners)]
+        forms = [f for f in forms if f not in FORCED_FORM or taken(f)]
     return tuple(dict.fromkeys(forms))
 
 
@@ -264,6 +274,8 @@ class ConvRunner:
         "depthwise") for some epilogue."""
         if form == "depthwise":
             return self.depthwise_eligible and depthwise.LIBRARY.unavailable_reason() is None
+        if form == "c":
+            return any(self.can_take(f) for f in C_FORMS)
         gemm_built = pointwise.unavailable_reason() is None
         if form == "gemm":
             return self.pointwise_eligible and gemm_built
@@ -301,9 +313,15 @@ class ConvRunner:
         forms = self.forms(act, residual) if executor != "onednn" else ()
         if forms:  # a forced form this conv cannot take runs direct
             form, engine = FORCED_FORM.get(executor) or (self.tuned_form(x, act, residual, forms), None)
+            if form == "c":
+                form = next((f for f in C_FORMS if f in forms), None)
             if form in forms:
                 return form, engine
         return None, None
+
+    def planned(self, shape: tuple, act, has_residual: bool, executor: str) -> tuple | None:
+        """The (form, engine) `run` keeps for this call signature; None before its first call."""
+        return self._plans.get((executor, shape, act, has_residual, torch.get_num_threads()))
 
     def run_form(self, form, engine, x, act, residual, scratch_slot: int | None = None):
         """`form` (None: direct); a Winograd tile's GEMMs on `engine`, None: the one timed fastest."""

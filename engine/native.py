@@ -38,13 +38,22 @@ def _cpu_signature() -> str:
         return platform.processor() + platform.machine()
 
 
+def _with_local_includes(source: Path, seen: set | None = None) -> bytes:
+    """The source's text and that of every local file it includes, however deep (activation.h
+    includes sigmoid.h; mobile.c includes pointwise.c): all part of what it compiles to."""
+    seen = set() if seen is None else seen
+    seen.add(source.name)
+    text = source.read_bytes()
+    for name in sorted(set(re.findall(rb'^#include "([\w.]+)"', text, re.M))):
+        if name.decode() not in seen:
+            text += _with_local_includes(source.parent / name.decode(), seen)
+    return text
+
+
 def build(source: Path) -> ctypes.CDLL:
     """Compile `source` into a shared library (once per machine and source) and load it."""
     cc = os.environ.get("CC", "cc")
-    text = source.read_bytes()
-    # the local headers it includes (sigmoid.h) are part of what it compiles to
-    for header in sorted(set(re.findall(rb'^#include "([\w.]+)"', text, re.M))):
-        text += (source.parent / header.decode()).read_bytes()
+    text = _with_local_includes(source)
     key = hashlib.sha256(text + " ".join([cc, *FLAGS, _cpu_signature()]).encode()).hexdigest()[:16]
     target = cache_dir() / f"{source.stem}-{key}.so"
     if not target.exists():

@@ -17,7 +17,9 @@
  *   y, res: M x N   (rows ldy apart)
  * Blocking: the micro-kernel keeps an MR x NR tile of y in 12 AVX registers over a block of KC
  * input channels; a KC x NR panel of wp (16 KB) stays in L1 while it sweeps an MC-pixel block of x
- * (in L2). K beyond KC accumulates through y, one KC-block sum at a time.
+ * (in L2). K beyond KC accumulates through y, one KC-block sum at a time. The first tile of each
+ * panel prefetches the next panel: a network's weights (HAFEM's: 130 MB) come from DRAM on every
+ * forward, and on a 7x7 map a panel serves only 9 tiles, so its first tile used to wait on memory.
  * FMA contraction rounds once per multiply-add; no -ffast-math: NaN and Inf propagate. */
 #include <stdint.h>
 
@@ -26,33 +28,27 @@
 #define KC 256
 #define MC 96 /* pixels per task block: a multiple of MR */
 
-enum { ACT_NONE = 0, ACT_RELU = 1, ACT_SILU = 2 };
-
 #define INLINE static inline __attribute__((always_inline))
 
-#include "sigmoid.h" /* SiLU's sigmoid, as depthwise.c's */
+#include "activation.h" /* the ACT_* codes, activate() and activate8(), shared with depthwise.c */
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
-
-INLINE __m256 activate8(__m256 v, int act) {
-    if (act == ACT_RELU) return _mm256_max_ps(_mm256_setzero_ps(), v);  /* max(0, NaN) is NaN, as torch.relu */
-    if (act == ACT_SILU) return _mm256_mul_ps(v, sigmoid8(v));          /* NaN stays NaN */
-    return v;
-}
 
 /* lanes l < n of 8 set: the load/store mask of a tail block of output channels */
 INLINE __m256i lane_mask(int n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-/* One MR x NR tile of y at rows [0, mr), channels [n0, n0 + nr) (nr <= NR), over input channels
- * [k0, k0 + kc). Rows past mr read row mr - 1 (computed, never stored), so a short tail tile runs
- * the same register code. first: start from the bias, else from zero and add y's partial sum at the
- * end (blocks of KC summed apart: smaller rounding error over long K); last: add the residual,
- * apply act. */
-static void tile(const float *x, int64_t ldx, const float *panel, const float *next, const float *bias,
-                 const float *res, float *y, int64_t ldy, int mr, int nr, int kc, int first, int last, int act) {
+/* One mr x NR tile of y (mr <= MR) at rows [0, mr), channels [n0, n0 + nr) (nr <= NR), over
+ * input channels [k0, k0 + kc). mr is a constant at each call (tile() below), so the rows past it
+ * compile away: a 7x7 map's 49 pixels are 8 tiles of 6 and one of 1, where a tail tile computed
+ * as a full one cost 54 rows' work. first: start from the bias, else from zero and add y's partial
+ * sum at the end (blocks of KC summed apart: smaller rounding error over long K); last: add the
+ * residual, apply act. */
+INLINE void tile_rows(const float *x, int64_t ldx, const float *panel, const float *next, const float *bias,
+                      const float *res, float *y, int64_t ldy, int mr, int nr, int kc, int first, int last,
+                      int act) {
     const float *a[MR];
     for (int i = 0; i < MR; i++) a[i] = x + (i < mr ? i : mr - 1) * ldx;
     __m256i m0 = lane_mask(nr), m1 = lane_mask(nr - 8);
@@ -65,7 +61,7 @@ static void tile(const float *x, int64_t ldx, const float *panel, const float *n
     ACC(0) ACC(1) ACC(2) ACC(3) ACC(4) ACC(5)
     const float *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3], *a4 = a[4], *a5 = a[5];
 #define FMA_ROW(i)                                           \
-    {                                                        \
+    if (i < mr) {                                            \
         __m256 ai = _mm256_broadcast_ss(a##i + k);           \
         c##i##0 = _mm256_fmadd_ps(ai, b0, c##i##0);          \
         c##i##1 = _mm256_fmadd_ps(ai, b1, c##i##1);          \
@@ -112,14 +108,15 @@ static void tile(const float *x, int64_t ldx, const float *panel, const float *n
     }
 }
 
+static void tile(const float *x, int64_t ldx, const float *panel, const float *next, const float *bias,
+                 const float *res, float *y, int64_t ldy, int mr, int nr, int kc, int first, int last, int act) {
+#define ROWS(r) case r: tile_rows(x, ldx, panel, next, bias, res, y, ldy, r, nr, kc, first, last, act); break;
+    switch (mr) { ROWS(6) ROWS(5) ROWS(4) ROWS(3) ROWS(2) ROWS(1) }
+#undef ROWS
+}
+
 
 #else /* no AVX2 + FMA: a plain loop, correct and slow (the timing then keeps oneDNN) */
-
-static float activate1(float v, int act) {
-    if (act == ACT_RELU) return v < 0.f ? 0.f : v;
-    if (act == ACT_SILU) return v * sigmoid(v);
-    return v;
-}
 
 static void tile(const float *x, int64_t ldx, const float *panel, const float *next, const float *bias,
                  const float *res, float *y, int64_t ldy, int mr, int nr, int kc, int first, int last, int act) {
@@ -128,7 +125,7 @@ static void tile(const float *x, int64_t ldx, const float *panel, const float *n
         for (int n = 0; n < nr; n++) {
             float s = first ? bias[n] : y[i * ldy + n];
             for (int k = 0; k < kc; k++) s += x[i * ldx + k] * panel[k * NR + n];
-            if (last) s = activate1(res ? s + res[i * ldy + n] : s, act);
+            if (last) s = activate(res ? s + res[i * ldy + n] : s, act);
             y[i * ldy + n] = s;
         }
 }

@@ -14,11 +14,13 @@ from pathlib import Path
 import torch
 
 from . import native
+from .depthwise import ACTIVATIONS
 from .scratch import output_map
 
 SOURCE = Path(__file__).with_name("pointwise.c")
 NR = 16  # output channels per packed panel (pointwise.c)
-ACT_CODES = {None: 0, "relu": 1, "silu": 2}  # pointwise.c's ACT_*
+# the epilogues a 1×1 conv offers (both oneDNN's and the GEMM's), by activation.h's ACT_* code
+ACT_CODES = {None: 0, **{name: ACTIVATIONS[name][0] for name in ("relu", "silu")}}
 
 
 def _declare(lib):

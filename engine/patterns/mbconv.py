@@ -12,14 +12,18 @@ pass for squeeze-and-excitation (GAP, the MLP, the gate applied in place; engine
 instead of six torch ops; and the project conv with the residual add in its epilogue. On the
 winograd executor each conv runs in the form its first call at an input shape timed fastest: the
 1×1 convs on ferfuse's GEMM (engine/pointwise.py) or oneDNN, the depthwise conv on depthwise.c's
-register-blocked loops or oneDNN's brdgmm kernel. On aten (and CUDA, and export) the same folded
-weights run as torch ops.
+register-blocked loops or oneDNN's brdgmm kernel. Where all of a block's convs took ferfuse's C
+forms at a shape, its later calls there are one C call (engine/mobile.py): the same passes, no
+Python between them. On aten (and CUDA, and export) the same folded weights run as torch ops.
 """
 import torch
 import torch.nn as nn
 
+from .. import mobile
 from ..algebra import layer_bias
 from ..depthwise import ACTIVATIONS, SqueezeExcite
+from ..executors import FORCED_FORM, fastest
+from ..mobile import MBConvCall
 from .conv_bn import FUSABLE_ACTIVATIONS, foldable_reason, folded_conv
 from .mobile_block import MobileBlockUnit, find_blocks, is_one_by_one, is_same_depthwise
 
@@ -108,17 +112,67 @@ class FusedMBConv(MobileBlockUnit):
         f = self.folded(x.device)
         if x.dtype != self.dtype:
             x = x.to(self.dtype)
-        residual = x if self.block.use_res_connect else None
-        expand_act, dw_act = self.expand_act, self.dw_act
         if not self.runs_c():
-            u = f["expand"].run(x, act=expand_act, executor="aten") if "expand" in f else x
-            y = f["se"].run_torch(f["dw"].run(u, act=dw_act, executor="aten"))
-            return f["project"].run(y, residual=residual, executor="aten")
+            u = f["expand"].run(x, act=self.expand_act, executor="aten") if "expand" in f else x
+            y = f["se"].run_torch(f["dw"].run(u, act=self.dw_act, executor="aten"))
+            return f["project"].run(y, residual=x if self.block.use_res_connect else None, executor="aten")
         executor = self.conv_executor()  # onednn, or winograd: each 1×1 conv on its timed GEMM
+        call = self.block_call(f, x, executor)
+        return call.run(x, self.block.use_res_connect) if call is not None else self.four_calls(f, x, executor)
+
+    def four_calls(self, f: dict, x, executor: str):
+        """The block as four calls, each conv in the form its own first call at the shape chose."""
+        residual = x if self.block.use_res_connect else None
         # u and y die in this call: ferfuse's C forms write them into this thread's scratch maps
-        u = f["expand"].run(x, act=expand_act, executor=executor, scratch_slot=0) if "expand" in f else x
-        y = f["dw"].run(u, act=dw_act, executor=executor, scratch_slot=1).contiguous(memory_format=torch.channels_last)
+        u = f["expand"].run(x, act=self.expand_act, executor=executor, scratch_slot=0) if "expand" in f else x
+        y = f["dw"].run(u, act=self.dw_act, executor=executor, scratch_slot=1)
+        y = y.contiguous(memory_format=torch.channels_last)
         return f["project"].run(f["se"].run_c(y), residual=residual, executor=executor)  # the gate: on y in place
+
+    def __getstate__(self):  # the block calls hold raw pointers into this copy's folded weights
+        state = super().__getstate__()
+        state.pop("_calls", None)
+        return state
+
+    def block_call(self, f: dict, x, executor: str) -> MBConvCall | None:
+        """The block as one C call (engine/mobile.py) at x's shape, or None: the four calls.
+
+        Decided once per shape, after the convs' own first calls there (made one conv at a time:
+        they choose each conv's form; None until then). Where each chose ferfuse's C form, the
+        one call. Where some chose oneDNN, on the tuned executor, the one call is timed against
+        the four calls and the faster kept: a conv's own timing cannot see the Python between
+        the four calls (~90 µs a block in place on the 2-core AVX2 EPYC), which the one call
+        saves. A forced form (what verification runs) keeps exactly its forms."""
+        calls = self.__dict__.get("_calls")
+        if calls is None or calls[0] is not f:  # new folded weights: new pointers
+            calls = self._calls = (f, {})
+        key = (x.shape, executor, torch.get_num_threads())
+        if key in calls[1]:
+            return calls[1][key]
+        n, _, h, w = x.shape
+        dw, c = f["dw"], f["dw"].weight.shape[0]
+        pointwise = [f["project"]] + ([f["expand"]] if "expand" in f else [])
+        planned = dw.planned((n, c, h, w), self.dw_act, False, executor)
+        if planned is None:
+            return None  # not planned yet: the four calls plan it now
+        call = None
+        if dw.can_take("depthwise") and all(r.can_take("gemm") for r in pointwise) \
+                and mobile.LIBRARY.unavailable_reason() is None:
+            ho, wo = dw.depthwise().out_size(h, w)
+            plans = [planned, f["project"].planned((n, c, ho, wo), None, self.block.use_res_connect, executor)]
+            if "expand" in f:
+                plans.append(f["expand"].planned(tuple(x.shape), self.expand_act, False, executor))
+            if None in plans:
+                return None
+            expand = f["expand"].gemm() if "expand" in f else None
+            call = MBConvCall(expand, self.expand_act, dw.depthwise(), self.dw_act, f["se"], f["project"].gemm())
+            all_c = [p[0] for p in plans] == ["depthwise"] + ["gemm"] * (len(plans) - 1)
+            tuned = executor not in FORCED_FORM and executor != "onednn"
+            if not all_c and (not tuned or fastest(("one", "four"), lambda way: call.run(
+                    x, self.block.use_res_connect) if way == "one" else self.four_calls(f, x, executor))[0] == "four"):
+                call = None
+        calls[1][key] = call
+        return call
 
 
 class MBConvPattern:

@@ -14,10 +14,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ferfuse.engine import depthwise, optimize, report, scratch
+from ferfuse.engine import depthwise, mobile, optimize, report, scratch
 from ferfuse.engine.executors import ConvRunner, use_executor
 from ferfuse.engine.depthwise import ACTIVATIONS, CoordinateAttention, MixedDepthwise, SqueezeExcite
-from ferfuse.engine.patterns import mix_depthwise
+from ferfuse.engine.patterns import mbconv, mix_depthwise
 from ferfuse.models import randomize_batchnorm
 from ferfuse.models.mixed_feature_net import Conv_block, CoordAtt, Mix_Depth_Wise
 from helpers import assert_close, rel_error
@@ -325,8 +325,8 @@ def test_mbconv_intermediates_in_scratch_maps(threads, gen, poisoned_empty, monk
                 _assert_matches_float64(model, reference, f"{threads} thread(s)", inputs)
                 with torch.no_grad():
                     out = model(inputs[0])
-            held = scratch.held()
-            assert len(held) == 2, "the expand and depthwise convs did not both take a scratch map"
+            held = scratch.held()  # the expand and depthwise outputs, squeeze-excite's partial sums
+            assert len(held) == 3, "the block did not run as its one C call (engine/mobile.py)"
             assert all(out.untyped_storage().data_ptr() != flat.untyped_storage().data_ptr() for flat in held)
         except AssertionError as err:
             errors.append(err)
@@ -337,3 +337,60 @@ def test_mbconv_intermediates_in_scratch_maps(threads, gen, poisoned_empty, monk
     for w in workers:
         w.join()
     assert not errors, errors
+
+
+def test_mbconv_block_as_one_c_call_is_bit_identical_to_its_four(gen, monkeypatch):
+    """With every conv on its C form ("ferfuse-c", verified by optimize), each block from its
+    second call at a shape on runs as one C call (engine/mobile.py): the same passes in the same
+    order, so the same bits as the four calls; a block whose depthwise conv is on oneDNN does not."""
+    model = _efficientnet_stages()
+    optimize(model, executor="winograd", example_inputs=(torch.randn(2, 3, 48, 48, generator=gen),), strict=True)
+    assert "ferfuse-c" in report(model).verified_forms
+    x = torch.randn(3, 3, 45, 37, generator=gen)
+    runs = []
+    real_run = mobile.MBConvCall.run
+    monkeypatch.setattr(mobile.MBConvCall, "run", lambda self, *a: runs.append(1) or real_run(self, *a))
+    with torch.no_grad(), use_executor("ferfuse-c"):
+        model(x)  # plans each conv's form at these shapes, one call at a time
+        assert runs == []
+        fused = model(x)
+    assert len(runs) == 5  # blocks 1.0, 2.0, 2.1, 3.0, 3.1
+    monkeypatch.setattr(mbconv.FusedMBConv, "block_call", lambda *a: None)
+    with torch.no_grad(), use_executor("ferfuse-c"):
+        assert torch.equal(model(x), fused)
+    monkeypatch.undo()
+    runs.clear()
+    monkeypatch.setattr(mobile.MBConvCall, "run", lambda self, *a: runs.append(1) or real_run(self, *a))
+    with torch.no_grad(), use_executor("pointwise"):  # depthwise convs on oneDNN: four calls a block
+        model(x), model(x)
+    assert runs == []
+
+
+@pytest.mark.parametrize("winner", ["one", "four"])
+def test_a_block_of_mixed_forms_keeps_the_faster_of_one_call_and_four(winner, gen, monkeypatch):
+    """Where a block's 1×1 convs chose oneDNN and its depthwise conv the C loops, the tuned
+    executor times the block as one C call against its four calls and keeps the winner."""
+    model = _efficientnet_stages()
+    optimize(model, executor="winograd", example_inputs=(torch.randn(2, 3, 48, 48, generator=gen),), strict=True)
+    monkeypatch.setattr(ConvRunner, "tuned_form", lambda self, x, act, residual, forms: "depthwise"
+                        if "depthwise" in forms else None)
+    timed = []
+
+    def fastest(candidates, run):
+        for way in candidates:
+            run(way)  # both ways run: neither may fail
+        timed.append(tuple(candidates))
+        return winner, {}
+
+    monkeypatch.setattr(mbconv, "fastest", fastest)
+    runs = []
+    real_run = mobile.MBConvCall.run
+    monkeypatch.setattr(mobile.MBConvCall, "run", lambda self, *a: runs.append(1) or real_run(self, *a))
+    x = torch.randn(3, 3, 40, 44, generator=gen)
+    with torch.no_grad(), use_executor("winograd"):
+        model(x)  # the convs' forms
+        model(x)  # each block's timing, then the way it kept
+        before = len(runs)
+        model(x)
+    assert timed == [("one", "four")] * 5
+    assert len(runs) - before == (5 if winner == "one" else 0)

@@ -34,8 +34,9 @@ def _check(got, x, weight, bias, act, residual):
 # (batch, in channels, out channels, H, W): batch 1; pixel counts that are not multiples of the
 # 6-row tile (49, 15, 1); output channels under one 16-channel panel, with a tail (40, 13) and
 # exact (32); input channels of 1, and past one 256-channel block (300, 600: partial sums)
+# pixel counts that leave every tail tile of 1 to 5 rows (49 = 8·6 + 1; 10, 5, 2, 9)
 SHAPES = [(1, 40, 240, 7, 7), (2, 24, 40, 5, 3), (1, 1, 13, 1, 1), (3, 300, 32, 4, 5), (1, 600, 17, 3, 3),
-          (2, 64, 384, 14, 14)]
+          (2, 64, 384, 14, 14), (1, 70, 33, 2, 5), (5, 16, 24, 1, 1), (1, 8, 16, 1, 2)]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=["x".join(map(str, s)) for s in SHAPES])
@@ -110,3 +111,19 @@ def test_runner_times_gemm_against_onednn(gen, monkeypatch):
     for other in (ConvRunner(weight, bias, stride=(2, 2)), ConvRunner(weight[:, :8], bias, groups=2),
                   ConvRunner(weight, bias, padding=(1, 1))):
         assert not other.pointwise_eligible and other.forms("silu") == ()
+
+
+def test_a_library_is_rebuilt_when_any_file_it_includes_changes(tmp_path):
+    """mobile.c includes pointwise.c, which includes activation.h, which includes sigmoid.h: the
+    build's cache key reads all of them, so an edit to the deepest one gives a new library."""
+    import shutil
+
+    from ferfuse.engine import mobile, native
+
+    for name in ("mobile.c", "pointwise.c", "depthwise.c", "activation.h", "sigmoid.h"):
+        shutil.copy(mobile.SOURCE.with_name(name), tmp_path / name)
+    before = native._with_local_includes(tmp_path / "mobile.c")
+    assert b"FERFUSE_SIGMOID_H" in before and before.count(b"#ifndef FERFUSE_ACTIVATION_H") == 1  # read once
+    with open(tmp_path / "sigmoid.h", "a") as f:
+        f.write("/* edited */\n")
+    assert native._with_local_includes(tmp_path / "mobile.c") != before
