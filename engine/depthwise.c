@@ -294,11 +294,16 @@ void coordinate_attention(float *y, int B, int H, int W, int C, int mip, const f
  * block's own work on 7x7 maps at batch 1). The GAP splits each sample's pixels into `chunks`
  * ranges, each summed into its own partial sums: at batch 1 a 112x112 map of 24 channels is two
  * 16-channel blocks, which split by channels alone left one of two threads idle. The MLP runs one
- * sample per thread: splitting one sample's ~0.5 M multiply-adds across threads measured slower.
+ * sample per thread where there are as many samples as threads; with fewer (batch 1) each sample's
+ * MLP is split across them, in gate_mlp's order of summation: its weights (1.1 MB in each of
+ * EfficientNet-B5's 7x7 blocks, 3 MB in the last two) come from DRAM on every forward, and split
+ * they stream into both cores (HAFEM at batch 1 on the 2-core AVX2 EPYC: ~0.5 ms a forward less;
+ * on warm weights in isolation the split had measured slower).
  * scratch: B*chunks*C floats (the partial sums; then each sample's first row holds its gate). */
 void squeeze_excite(float *y, int B, int HW, int C, int hidden, const float *w1, const float *b1, const float *w2t,
                     const float *b2, int act, float *scratch, int chunks, int threads) {
     int64_t pixels = (int64_t)B * HW;
+    float z[hidden];  /* the hidden layer, shared where one sample's MLP is split across threads */
     _Pragma("omp parallel num_threads(threads)")
     {
         _Pragma("omp for schedule(static)")
@@ -319,13 +324,36 @@ void squeeze_excite(float *y, int B, int HW, int C, int hidden, const float *w1,
                 for (int l = 0; l < L && c0 + l < C; l++) sum[c0 + l] = acc[l];
             }
         }
-        _Pragma("omp for schedule(static)")
-        for (int b = 0; b < B; b++) {  /* the mean, then the gate, in the sample's first partial row */
-            float *m = scratch + (int64_t)b * chunks * C, z[hidden];
-            for (int part = 1; part < chunks; part++)
-                for (int c = 0; c < C; c++) m[c] += m[(int64_t)part * C + c];
-            for (int c = 0; c < C; c++) m[c] /= (float)HW;
-            gate_mlp(m, m, C, hidden, w1, b1, w2t, b2, act, z);
+        if (B >= threads) {
+            _Pragma("omp for schedule(static)")
+            for (int b = 0; b < B; b++) {  /* the mean, then the gate, in the sample's first partial row */
+                float *m = scratch + (int64_t)b * chunks * C, z[hidden];
+                for (int part = 1; part < chunks; part++)
+                    for (int c = 0; c < C; c++) m[c] += m[(int64_t)part * C + c];
+                for (int c = 0; c < C; c++) m[c] /= (float)HW;
+                gate_mlp(m, m, C, hidden, w1, b1, w2t, b2, act, z);
+            }
+        } else {
+            for (int b = 0; b < B; b++) {  /* gate_mlp's sums in its order, split across the threads */
+                float *m = scratch + (int64_t)b * chunks * C;
+                _Pragma("omp for schedule(static)")
+                for (int c = 0; c < C; c++) {
+                    for (int part = 1; part < chunks; part++) m[c] += m[(int64_t)part * C + c];
+                    m[c] /= (float)HW;
+                }
+                _Pragma("omp for schedule(static)")
+                for (int j = 0; j < hidden; j++) z[j] = activate(dot(w1 + (int64_t)j * C, m, C, b1[j]), act);
+                _Pragma("omp for schedule(static)")
+                for (int c0 = 0; c0 < C; c0 += 64) {  /* 64 channels of every row of w2t */
+                    int c1 = c0 + 64 < C ? c0 + 64 : C;
+                    for (int c = c0; c < c1; c++) m[c] = b2[c];
+                    for (int j = 0; j < hidden; j++) {
+                        const float *wj = w2t + (int64_t)j * C;
+                        for (int c = c0; c < c1; c++) m[c] += wj[c] * z[j];
+                    }
+                    for (int c = c0; c < c1; c++) m[c] = sigmoid(m[c]);
+                }
+            }
         }
         _Pragma("omp for schedule(static)")
         for (int64_t p = 0; p < pixels; p++) {
