@@ -108,6 +108,10 @@ class FusedUnit:
             found += [v for v in (value if isinstance(value, tuple) else (value,)) if isinstance(v, ConvRunner)]
         return found
 
+    def tally(self) -> dict:
+        """{kind: Counter(way: count)}: how this unit's calls ran so far, for the report's tally."""
+        return {}
+
     def notes(self, executors: tuple[str, ...]) -> list[str]:
         """What the report should say about how this unit runs on `executors` (a fallback, say)."""
         return []

@@ -187,6 +187,7 @@ def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32"
     rep.notes += list(dict.fromkeys(n for unit in units for n in unit.notes(executors)))
     state = EngineState(units, rep)
     rep.conv_runners = lambda: [r for unit in state.units for r in unit.conv_runners(None)]
+    rep.unit_tallies = lambda: [unit.tally() for unit in state.units]
     model.__dict__[STATE_ATTR] = state
     if units:
         guard.install(model)  # outermost: checks run before any fused unit launches a kernel

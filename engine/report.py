@@ -48,12 +48,15 @@ class Report:
     # () -> the fused units' folded convolutions (executors.ConvRunner), read live for the tally of
     # the forms their first calls chose
     conv_runners: Callable[[], list] | None = field(default=None, repr=False)
+    # () -> each fused unit's own tally of how it ran (FusedUnit.tally: MBConv blocks as one C call)
+    unit_tallies: Callable[[], list] | None = field(default=None, repr=False)
 
     def form_tally(self) -> dict[str, Counter]:
         """{"3×3 convolutions": Counter(form name: convs), "1×1 convolutions": ..., "depthwise
         convolutions": ..., "Winograd GEMMs": Counter(engine name: convs)}: the forms tuned
         convolutions run as, and the engine of their Winograd tiles' GEMMs, one count per
-        convolution and input shape, so far."""
+        convolution and input shape, so far; and "MBConv blocks": Counter(one C call / four calls),
+        one count per block and input shape."""
         tally: dict[str, Counter] = {}
         for runner in self.conv_runners() if self.conv_runners else []:
             kind = "1×1 convolutions" if runner.pointwise_eligible else \
@@ -62,6 +65,9 @@ class Report:
                 tally.setdefault(kind, Counter())[FORM_NAMES[form]] += 1
             for engine in runner.winograd_engines():
                 tally.setdefault("Winograd GEMMs", Counter())[GEMM_ENGINE_NAMES[engine]] += 1
+        for unit_tally in self.unit_tallies() if self.unit_tallies else []:
+            for kind, counts in unit_tally.items():
+                tally.setdefault(kind, Counter()).update(counts)
         return tally
 
     def patterns(self) -> dict[str, list[FusedEntry]]:
@@ -113,7 +119,8 @@ class Report:
                 if shape in self.executor_retimed:
                     lines.append(f"    {self.executor_retimed[shape]}")
         for kind, counts in self.form_tally().items():
-            lines.append(f"tuned {kind} (winograd executor), per conv and input shape: "
+            per = "block" if kind == "MBConv blocks" else "conv"
+            lines.append(f"tuned {kind} (winograd executor), per {per} and input shape: "
                          + ", ".join(f"{name} {n}" for name, n in counts.most_common()))
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)

@@ -16,6 +16,8 @@ register-blocked loops or oneDNN's brdgmm kernel. Where all of a block's convs t
 forms at a shape, its later calls there are one C call (engine/mobile.py): the same passes, no
 Python between them. On aten (and CUDA, and export) the same folded weights run as torch ops.
 """
+from collections import Counter
+
 import torch
 import torch.nn as nn
 
@@ -133,6 +135,13 @@ class FusedMBConv(MobileBlockUnit):
         state = super().__getstate__()
         state.pop("_calls", None)
         return state
+
+    def tally(self) -> dict:
+        """How this block runs at each input shape the tuned (winograd) executor met."""
+        calls = self.__dict__.get("_calls")
+        ways = Counter("one C call" if call is not None else "four calls"
+                       for (_, executor, _), call in (calls[1].items() if calls else ()) if executor == "winograd")
+        return {"MBConv blocks": ways} if ways else {}
 
     def block_call(self, f: dict, x, executor: str) -> MBConvCall | None:
         """The block as one C call (engine/mobile.py) at x's shape, or None: the four calls.

@@ -394,3 +394,6 @@ def test_a_block_of_mixed_forms_keeps_the_faster_of_one_call_and_four(winner, ge
         model(x)
     assert timed == [("one", "four")] * 5
     assert len(runs) - before == (5 if winner == "one" else 0)
+    way = "one C call" if winner == "one" else "four calls"
+    assert report(model).form_tally()["MBConv blocks"] == {way: 5}
+    assert f"tuned MBConv blocks (winograd executor), per block and input shape: {way} 5" in str(report(model))
