@@ -34,7 +34,7 @@ class MBConvCall:
                  se: SqueezeExcite, project: PointwiseConv):
         self.parts = (expand, dw, se, project)  # kept alive: the pointers below are theirs
         ptr = native.ptr
-        self.cmid, self.cout, self.stride, self.dw = dw.split[0], project.out_channels, dw.stride, dw
+        self.cmid, self.cout, self.dw = dw.split[0], project.out_channels, dw
         self.expand = (ptr(expand.packed), ptr(expand.bias), self.cmid, ACT_CODES[expand_act]) if expand else \
             (None, None, self.cmid, 0)
         self.depthwise = (ptr(dw.taps), ptr(dw.bias_c), dw.size, dw.stride)
