@@ -19,6 +19,18 @@ def is_claimed(name: str, claimed: set[str]) -> bool:
     return any(name == c or name.startswith(c + ".") for c in claimed)
 
 
+def find_modules(pattern: str, model, claimed: set[str], is_candidate, reason, unit_class, **kw) -> list:
+    """Every unclaimed submodule (the root excluded) that looks like the structure (`is_candidate`):
+    a fused unit `unit_class(name, module, **kw)`, or a Skip with `reason(module)` where it gives one."""
+    found = []
+    for name, module in model.named_modules():
+        if not name or not is_candidate(module) or is_claimed(name, claimed):
+            continue
+        why = reason(module)
+        found.append(Skip(pattern, name, why) if why else unit_class(name, module, **kw))
+    return found
+
+
 def all_patterns():
     from .cbam import CBAMPattern
     from .conv import LoneConvPattern

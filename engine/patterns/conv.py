@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from ..executors import ConvRunner
 from ..fused import FusedUnit
-from . import Skip, is_claimed
+from . import find_modules
 
 
 class LoneConv(FusedUnit):
@@ -36,13 +36,11 @@ class LoneConvPattern:
     name = "conv"
 
     def find(self, model: nn.Module, claimed: set[str], **kw):
-        found = []
-        for name, m in model.named_modules():
-            if not name or type(m) is not nn.Conv2d or is_claimed(name, claimed):
-                continue
-            if m.padding_mode != "zeros" or isinstance(m.padding, str):
-                found.append(Skip(self.name, name, f"padding {m.padding!r} with mode {m.padding_mode!r}: only "
-                                                   "numeric zero padding runs on the runner"))
-            else:
-                found.append(LoneConv(name, m, **kw))
-        return found
+        return find_modules(self.name, model, claimed, lambda m: type(m) is nn.Conv2d, _padding_reason, LoneConv,
+                            **kw)
+
+
+def _padding_reason(conv: nn.Conv2d) -> str | None:
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return f"padding {conv.padding!r} with mode {conv.padding_mode!r}: only numeric zero padding runs on the runner"
+    return None

@@ -27,7 +27,8 @@ from ..depthwise import ACTIVATIONS, SqueezeExcite
 from ..executors import FORCED_FORM, fastest
 from ..mobile import MBConvCall
 from .conv_bn import FUSABLE_ACTIVATIONS, foldable_reason, folded_conv
-from .mobile_block import MobileBlockUnit, find_blocks, is_one_by_one, is_same_depthwise
+from . import find_modules
+from .mobile_block import MobileBlockUnit, is_one_by_one, is_same_depthwise
 
 # activation modules both a oneDNN conv epilogue (conv_bn's table) and the C squeeze-excite pass
 # (engine/depthwise.py ACTIVATIONS) apply: EfficientNet's SiLU, and ReLU
@@ -191,4 +192,4 @@ class MBConvPattern:
         def candidate(m):
             return isinstance(getattr(m, "block", None), nn.Sequential) and hasattr(m, "use_res_connect")
 
-        return find_blocks(self.name, model, claimed, candidate, block_reason, FusedMBConv, **kw)
+        return find_modules(self.name, model, claimed, candidate, block_reason, FusedMBConv, **kw)

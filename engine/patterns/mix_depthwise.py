@@ -19,7 +19,8 @@ import torch.nn as nn
 from ..algebra import fold_batchnorm, layer_bias
 from ..depthwise import CoordinateAttention, MixedDepthwise, hard_swish
 from .conv_bn import foldable_reason, folded_conv
-from .mobile_block import MobileBlockUnit, find_blocks, is_one_by_one, is_same_depthwise
+from . import find_modules
+from .mobile_block import MobileBlockUnit, is_one_by_one, is_same_depthwise
 
 PARTS = ("conv", "conv_dw", "CA", "project")
 
@@ -114,4 +115,4 @@ class MixDepthwisePattern:
         def candidate(m):
             return all(isinstance(getattr(m, n, None), nn.Module) for n in PARTS)
 
-        return find_blocks(self.name, model, claimed, candidate, block_reason, FusedMixDepthwise, **kw)
+        return find_modules(self.name, model, claimed, candidate, block_reason, FusedMixDepthwise, **kw)

@@ -6,7 +6,6 @@ import torch.nn as nn
 from ..depthwise import LIBRARY
 from ..executors import ONEDNN_EXECUTORS
 from ..fused import FusedUnit
-from . import Skip, is_claimed
 
 
 def is_one_by_one(conv, c_in: int | None = None, c_out: int | None = None) -> bool:
@@ -46,14 +45,3 @@ class MobileBlockUnit(FusedUnit):
     def install(self, model):
         self.install_forward(self.block, f"{self.block._get_name()}[fused: {self.pattern}]")
 
-
-def find_blocks(pattern, model, claimed, is_candidate, block_reason, unit_class, **kw):
-    """Every unclaimed module that looks like the block (`is_candidate`): a fused unit, or a Skip
-    with `block_reason`'s reason."""
-    found = []
-    for name, module in model.named_modules():
-        if not name or not is_candidate(module) or is_claimed(name, claimed):
-            continue
-        reason = block_reason(module)
-        found.append(Skip(pattern, name, reason) if reason else unit_class(name, module, **kw))
-    return found

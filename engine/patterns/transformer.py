@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ..algebra import layer_bias
 from ..executors import ConvRunner
 from ..fused import FusedUnit, original_forward, unit_of
-from . import Skip, is_claimed
+from . import find_modules
 
 
 def layer_reason(layer: nn.Module) -> str | None:
@@ -134,10 +134,5 @@ class TransformerLayerPattern:
     name = "transformer_layer"
 
     def find(self, model: nn.Module, claimed: set[str], **kw):
-        found = []
-        for name, m in model.named_modules():
-            if not name or not isinstance(m, nn.TransformerEncoderLayer) or is_claimed(name, claimed):
-                continue
-            reason = layer_reason(m)
-            found.append(Skip(self.name, name, reason) if reason else FusedTransformerLayer(name, m, **kw))
-        return found
+        return find_modules(self.name, model, claimed, lambda m: isinstance(m, nn.TransformerEncoderLayer),
+                            layer_reason, FusedTransformerLayer, **kw)
