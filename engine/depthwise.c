@@ -229,18 +229,25 @@ INLINE float dot(const float *w, const float *m, int C, float bias) {
     return s;
 }
 
+/* A gate's output layer on channels [c0, c1): a[c] = sigmoid(b2_scale b2[c] + sum_j w2t[j][c] z[j]),
+ * summed in order of j, so a gate split across threads by channel ranges rounds as a whole one. */
+INLINE void gate_output(const float *z, float *a, int C, int hidden, const float *w2t, const float *b2,
+                        float b2_scale, int c0, int c1) {
+    for (int c = c0; c < c1; c++) a[c] = b2_scale * b2[c];
+    for (int j = 0; j < hidden; j++) {
+        const float *wj = w2t + (int64_t)j * C;
+        for (int c = c0; c < c1; c++) a[c] += wj[c] * z[j];
+    }
+    for (int c = c0; c < c1; c++) a[c] = sigmoid(a[c]);
+}
+
 /* One gate: a = sigmoid(w2t^T act(w1 m + b1) + b2), m and a of C channels (a may be m: m is read
  * whole before a is written). w1: hidden x C (row per hidden unit), w2t: hidden x C (transposed,
  * so the last loops run over channels). */
 static void gate_mlp(const float *m, float *a, int C, int hidden, const float *w1, const float *b1,
                      const float *w2t, const float *b2, int act, float *z) {
     for (int j = 0; j < hidden; j++) z[j] = activate(dot(w1 + (int64_t)j * C, m, C, b1[j]), act);
-    for (int c = 0; c < C; c++) a[c] = b2[c];
-    for (int j = 0; j < hidden; j++) {
-        const float *wj = w2t + (int64_t)j * C;
-        for (int c = 0; c < C; c++) a[c] += wj[c] * z[j];
-    }
-    for (int c = 0; c < C; c++) a[c] = sigmoid(a[c]);
+    gate_output(z, a, C, hidden, w2t, b2, 1.f, 0, C);
 }
 
 /* Coordinate attention (Hou et al., CVPR 2021) applied in place: m_h = mean over W, m_w = mean
@@ -344,15 +351,8 @@ void squeeze_excite(float *y, int B, int HW, int C, int hidden, const float *w1,
                 _Pragma("omp for schedule(static)")
                 for (int j = 0; j < hidden; j++) z[j] = activate(dot(w1 + (int64_t)j * C, m, C, b1[j]), act);
                 _Pragma("omp for schedule(static)")
-                for (int c0 = 0; c0 < C; c0 += 64) {  /* 64 channels of every row of w2t */
-                    int c1 = c0 + 64 < C ? c0 + 64 : C;
-                    for (int c = c0; c < c1; c++) m[c] = b2[c];
-                    for (int j = 0; j < hidden; j++) {
-                        const float *wj = w2t + (int64_t)j * C;
-                        for (int c = c0; c < c1; c++) m[c] += wj[c] * z[j];
-                    }
-                    for (int c = c0; c < c1; c++) m[c] = sigmoid(m[c]);
-                }
+                for (int c0 = 0; c0 < C; c0 += 64)  /* 64 channels of every row of w2t */
+                    gate_output(z, m, C, hidden, w2t, b2, 1.f, c0, c0 + 64 < C ? c0 + 64 : C);
             }
         }
         _Pragma("omp for schedule(static)")
@@ -405,12 +405,7 @@ void cbam(const float *y, float *out, int B, int H, int W, int C, int hidden, co
                 float za = dot(w1 + (int64_t)j * C, avg, C, b1[j]), zm = dot(w1 + (int64_t)j * C, top, C, b1[j]);
                 z[j] = (za < 0.f ? 0.f : za) + (zm < 0.f ? 0.f : zm);  /* NaN stays NaN, as torch.relu */
             }
-            for (int c = 0; c < C; c++) avg[c] = 2.f * b2[c];
-            for (int j = 0; j < hidden; j++) {
-                const float *wj = w2t + (int64_t)j * C;
-                for (int c = 0; c < C; c++) avg[c] += wj[c] * z[j];
-            }
-            for (int c = 0; c < C; c++) avg[c] = sigmoid(avg[c]);
+            gate_output(z, avg, C, hidden, w2t, b2, 2.f, 0, C);
         }
         _Pragma("omp for schedule(static)")
         for (int64_t p = 0; p < (int64_t)B * HW; p++) {  /* the channel statistics of y * ca */
