@@ -19,7 +19,7 @@ import torch
 
 from ferfuse import models
 from ferfuse.engine import report
-from ferfuse.engine.verify import first_tensor
+from ferfuse.engine.verify import budget, first_tensor
 
 from .providers import available, build, device_name
 
@@ -36,6 +36,11 @@ def _ort_version() -> str | None:
 
 def _logits(out) -> torch.Tensor:
     return torch.as_tensor(first_tensor(out)).detach().cpu().double()  # ONNX Runtime gives numpy
+
+
+def _rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """‖out − ref‖ / ‖ref‖ over the batch, against the float64 reference."""
+    return ((out.double() - ref).norm() / ref.norm()).item()
 
 
 def run(model_names, batches, providers, *, rounds: int = 9, device: str = "cpu", min_block_s: float = 0.2,
@@ -59,6 +64,11 @@ def run(model_names, batches, providers, *, rounds: int = 9, device: str = "cpu"
             x = torch.randn(batch, *base.input_size, generator=gen).to(device)
             with torch.no_grad():
                 ref = _logits(reference(x.double()))
+                # the budget of engine/verify.py for these inputs: k × the original fp32 model's own
+                # error + floor; a ferfuse row over it is flagged, not hidden
+                original_err = _rel_error(_logits(base(x)), ref)
+            k, floor, _ = budget("fp32", logits=True)
+            logits_budget = k * original_err + floor
             runs, info = {}, {}
             for provider in providers:
                 reason = available(provider, device)
@@ -80,12 +90,16 @@ def run(model_names, batches, providers, *, rounds: int = 9, device: str = "cpu"
                 first_call_s = time.perf_counter() - t0
                 for _ in range(2):
                     fn(x)
-                err = ((_logits(out) - ref).norm() / ref.norm()).item()
+                err = _rel_error(_logits(out), ref)
                 runs[provider] = fn
                 info[provider] = {"build_s": optimize_s + first_call_s, "first_call_s": first_call_s,
                                   "logits_rel_error": err}
                 if provider.startswith("ferfuse"):  # which convolution executor runs this shape
-                    info[provider]["executor"] = report(model).executor_for(x.shape)
+                    info[provider].update(executor=report(model).executor_for(x.shape), logits_budget=logits_budget,
+                                          within_budget=err <= logits_budget)
+                    if err > logits_budget:
+                        log(f"  {name} b{batch} {provider}: logits error {err:.1e} OVER the budget {logits_budget:.1e} "
+                            f"({k:g} × the original fp32 model's {original_err:.1e} + {floor:g})")
             # calls per block: enough for min_block_s on the slowest provider
             per_call = {}
             for provider, fn in runs.items():

@@ -74,6 +74,10 @@ def test_bench_alternate_times_providers_in_rounds(tmp_path):
     ferfuse = next(r for r in rows if r["provider"] == "ferfuse-torch")
     assert ferfuse["executor"] in ("onednn", "winograd", "aten")
     assert f"ferfuse-torch ({ferfuse['executor']})" in out and "build s" in out
+    # the logits budget of engine/verify.py, from the original fp32 model's own error on these inputs
+    assert ferfuse["within_budget"] and ferfuse["logits_rel_error"] <= ferfuse["logits_budget"]
+    eager = next(r for r in rows if r["provider"] == "eager")
+    assert ferfuse["logits_budget"] == pytest.approx(4 * eager["logits_rel_error"] + 1e-6)
 
 
 def test_demo_prints_speedups_and_the_executor_per_batch_size():
