@@ -45,7 +45,7 @@ def table(rows: list[dict]) -> str:
             out.append(f"  {name:<28} {r['median_ms']:>10.2f} {r['iqr_ms']:>8.2f} "
                        f"{1e3 * batch / r['median_ms']:>10.1f} {speedup:>17}"
                        + (f" {r['build_s']:>8.1f} {r['logits_rel_error']:>15.1e}" if extra else "")
-                       + ("  OVER its budget " + f"{r['logits_budget']:.1e}" if r.get("within_budget") is False else ""))
+                       + (f"  OVER its budget {r['logits_budget']:.1e}" if r.get("within_budget") is False else ""))
     return "\n".join(out)
 
 
