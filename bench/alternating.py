@@ -19,7 +19,7 @@ import torch
 
 from ferfuse import models
 from ferfuse.engine import report
-from ferfuse.engine.verify import budget, errors, first_tensor
+from ferfuse.engine.verify import budget, errors, first_tensor, original_error
 
 from .providers import available, build, device_name
 
@@ -60,8 +60,9 @@ def run(model_names, batches, providers, *, rounds: int = 9, device: str = "cpu"
             with torch.no_grad():
                 ref = _logits(reference(x.double()))
                 # the budget of engine/verify.py for these inputs: k × the original fp32 model's own
-                # error + floor; a ferfuse row over it is flagged, not hidden
-                original_err = errors(_logits(base(x)), ref)[1]
+                # error (the larger of its NCHW and channels_last runs) + floor; a ferfuse row over it
+                # is flagged, not hidden
+                original_err = original_error(base, (x,), ref)
             k, floor, _ = budget("fp32", logits=True)
             logits_budget = k * original_err + floor
             runs, info = {}, {}

@@ -13,7 +13,7 @@ from .fused import FusedUnit, original_path
 from .guard import InputGuard
 from .patterns import Skip, all_patterns, is_claimed
 from .report import FusedEntry, Report
-from .verify import budget, capture_inputs, errors, first_tensor, top1_agreement, working_precision
+from .verify import budget, capture_inputs, errors, first_tensor, original_error, top1_agreement, working_precision
 
 STATE_ATTR = "_ferfuse_state"
 _PRECISIONS = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -271,9 +271,10 @@ def _verify(model, reference, lowp, state: EngineState, entries, example_inputs,
         unit_forms = verification_forms(state.guard.choice.candidates, unit.conv_runners(device))
         with torch.no_grad():
             expected = first_tensor(unit.reference([reference.get_submodule(n) for n in unit.names()], x64))
+            base_modules = [base_model.get_submodule(n) for n in unit.names()]
             with original_path(), working_precision(rep.precision):
-                base = unit.reference([base_model.get_submodule(n) for n in unit.names()], x64.to(base_dtype))
-            entry.baseline = errors(first_tensor(base), expected)[1]
+                entry.baseline = original_error(lambda t: unit.reference(base_modules, t), (x64.to(base_dtype),),
+                                                expected)
             worst = None
             for form in unit_forms:
                 with use_executor(form):
@@ -291,8 +292,7 @@ def _verify(model, reference, lowp, state: EngineState, entries, example_inputs,
             rep.reverted.append((entry, why))
 
     with torch.no_grad(), original_path(), working_precision(rep.precision):
-        base_logits = first_tensor(base_model(*base_inputs))
-    rep.logits_baseline = errors(base_logits, ref_logits)[1]
+        rep.logits_baseline = original_error(base_model, base_inputs, ref_logits)
     _, _, top1_min = budget(rep.precision, logits=True)
     rep.logits_rel_error, rep.top1_agreement, rep.logits_budget = 0.0, 1.0, float("inf")
     runners = [r for unit in state.units for r in unit.conv_runners(device)]

@@ -16,7 +16,7 @@ class FusedEntry:
     backend: str
     abs_error: float | None = None  # max |fused − reference| on the verification inputs
     rel_error: float | None = None  # ‖fused − reference‖ / ‖reference‖ against a float64 reference
-    baseline: float | None = None  # the same for the original path at the working precision
+    baseline: float | None = None  # the same for the original path at the working precision (verify.original_error)
     budget: float | None = None  # k × baseline + floor (engine/verify.py)
     form: str | None = None  # the convolution form whose error came closest to its budget
 
@@ -102,7 +102,8 @@ class Report:
             lines.append(f"reverted: {entry.pattern} {', '.join(entry.modules)}: {why}")
         if self.verified:
             lines.append(f"verified on {self.example_source} {self.example_shape} against a float64 reference, "
-                         f"convolutions as {', '.join(self.verified_forms)}:")
+                         f"convolutions as {', '.join(self.verified_forms)} (original: the worse of its NCHW "
+                         "and channels_last runs):")
             lines.append(f"  logits: fused {self.logits_rel_error:.1e} (max abs {self.logits_abs_error:.1e}), "
                          f"original {self.logits_baseline:.1e}, budget {self.logits_budget:.1e}; "
                          f"top-1 agreement {100 * self.top1_agreement:.1f}%")

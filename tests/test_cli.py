@@ -74,10 +74,11 @@ def test_bench_alternate_times_providers_in_rounds(tmp_path):
     ferfuse = next(r for r in rows if r["provider"] == "ferfuse-torch")
     assert ferfuse["executor"] in ("onednn", "winograd", "aten")
     assert f"ferfuse-torch ({ferfuse['executor']})" in out and "build s" in out
-    # the logits budget of engine/verify.py, from the original fp32 model's own error on these inputs
+    # the logits budget of engine/verify.py, from the original fp32 model's own error on these inputs:
+    # the larger of its NCHW run (the eager row) and its channels_last run
     assert ferfuse["within_budget"] and ferfuse["logits_rel_error"] <= ferfuse["logits_budget"]
     eager = next(r for r in rows if r["provider"] == "eager")
-    assert ferfuse["logits_budget"] == pytest.approx(4 * eager["logits_rel_error"] + 1e-6)
+    assert ferfuse["logits_budget"] >= 4 * eager["logits_rel_error"] + 1e-6 - 1e-15
 
 
 def test_demo_prints_speedups_and_the_executor_per_batch_size():

@@ -15,7 +15,7 @@ import ferfuse
 from ferfuse.engine import executors
 from ferfuse import models
 from ferfuse.engine.patterns.resnet_block import FusedBasicBlock
-from ferfuse.engine.verify import budget
+from ferfuse.engine.verify import budget, errors, original_error
 from ferfuse.models import randomize_batchnorm
 from helpers import UpstreamDAN, UpstreamMHAN, rel_error
 
@@ -160,3 +160,33 @@ def test_no_usual_size_fits_names_the_sizes_tried():
     with pytest.raises(ValueError, match=r"pass example_inputs.*224×224.*112×112.*48×48"):
         ferfuse.engine.optimize(OnlySixtyFour().eval())
     ferfuse.engine.optimize(OnlySixtyFour().eval(), example_inputs=torch.randn(2, 3, 64, 64))
+
+
+class _Flattening(nn.Module):
+    """A forward that only takes NCHW maps: `.view` of a channels_last map raises."""
+
+    def __init__(self, body):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x):
+        y = self.body(x)
+        return y.view(y.shape[0], -1)
+
+
+def test_the_baseline_is_the_larger_of_the_two_layouts():
+    """fp32's own error is measured on two summation orders (NCHW and channels_last run different
+    oneDNN kernels), the budget on the larger; a forward that cannot take channels_last gives one."""
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1)).eval()
+    x = torch.randn(4, 64, 14, 14)
+    with torch.no_grad():
+        ref = copy.deepcopy(body).double()(x.double())
+        nchw = errors(body(x), ref)[1]
+        channels_last = errors(body(x.contiguous(memory_format=torch.channels_last)), ref)[1]
+        assert 0 < min(nchw, channels_last)
+        assert original_error(body, (x,), ref) == max(nchw, channels_last)
+        flat = _Flattening(body)
+        with pytest.raises(RuntimeError):
+            flat(x.contiguous(memory_format=torch.channels_last))
+        assert original_error(flat, (x,), ref.flatten(1)) == errors(flat(x), ref.flatten(1))[1] == nchw
