@@ -21,7 +21,7 @@ def _declare(lib):
                            p, p, i, i,  # expand: we, be, cmid, act
                            p, p, i, i, i, i, p, p, i,  # depthwise: taps, bias, k, stride, Ho, Wo, start, ksize, act
                            i, p, p, p, p, i, p, i,  # squeeze-excite: hidden, w1, b1, w2t, b2, act, scratch, chunks
-                           p, p, i, i, i]  # project: wp, bp, cout, residual; threads
+                           p, p, i, i, i, i]  # project: wp, bp, cout, residual; samples per pass, threads
 
 
 LIBRARY = native.Library(SOURCE, _declare)
@@ -48,12 +48,44 @@ class MBConvCall:
         x = x.contiguous(memory_format=torch.channels_last)
         ho, wo = self.dw.out_size(h, w)
         threads = torch.get_num_threads()
-        chunks = -(-threads // n)  # squeeze-excite's pixel ranges per sample (depthwise.py SqueezeExcite)
-        u = scratch(0, (n, self.cmid, h, w)) if self.expand[0] else x
-        y = scratch(1, (n, self.cmid, ho, wo))
-        gate_scratch = scratch(2, (n * chunks, self.cmid, 1, 1))
+        group = samples_per_pass(n, self.cmid * (h * w + ho * wo) * 4 if self.expand[0] else self.cmid * ho * wo * 4)
+        chunks = -(-threads // group)  # squeeze-excite's pixel ranges per sample (depthwise.py SqueezeExcite)
+        u = scratch(0, (group, self.cmid, h, w)) if self.expand[0] else x
+        y = scratch(1, (group, self.cmid, ho, wo))
+        gate_scratch = scratch(2, (group * chunks, self.cmid, 1, 1))
         out = torch.empty((n, self.cout, ho, wo), memory_format=torch.channels_last)
         LIBRARY.get().mbconv(native.ptr(x), native.ptr(u), native.ptr(y), native.ptr(out), n, h, w, c, *self.expand,
                              *self.depthwise, ho, wo, *self.groups, *self.gate, native.ptr(gate_scratch), chunks,
-                             *self.project, int(residual), threads)
+                             *self.project, int(residual), group, threads)
         return out
+
+
+def last_level_cache_bytes() -> int | None:
+    """The size of the CPU's last-level cache as Linux reports it (sysfs), None where it does not."""
+    found = None
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level, size = int((index / "level").read_text()), (index / "size").read_text().strip()
+            kind = (index / "type").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+        value = int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
+        if kind in ("Unified", "Data") and (found is None or level > found[0]):
+            found = (level, value)
+    return found[1] if found else None
+
+
+LLC_BYTES = last_level_cache_bytes()
+
+
+def samples_per_pass(batch: int, map_bytes: int) -> int:
+    """How many samples go through a block's four passes at a time: as many as keep their
+    intermediate maps (`map_bytes` a sample) within half the last-level cache, so that the depthwise
+    conv, the gate and the project GEMM read them from the cache, not from DRAM. HAFEM at batch 8
+    on the 2-core AVX-512 EPYC (32 MB L3): 347 -> 318 ms a forward, against 299 for ONNX Runtime in
+    the same process; groups for a quarter, an eighth or a 32nd of the cache, or one sample at a
+    time, measured 318-329 ms (/tmp A/B, noisy)."""
+    if LLC_BYTES is None:
+        return batch
+    return max(1, min(batch, LLC_BYTES // 2 // map_bytes))

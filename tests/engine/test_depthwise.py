@@ -366,6 +366,32 @@ def test_mbconv_block_as_one_c_call_is_bit_identical_to_its_four(gen, monkeypatc
     assert runs == []
 
 
+@pytest.mark.parametrize("cache_mb", [None, 0.02, 1])
+def test_mbconv_block_in_sample_groups(cache_mb, gen, monkeypatch):
+    """A batch whose maps overflow half the last-level cache goes through each block's four passes
+    a group of samples at a time (engine/mobile.py samples_per_pass): with a 20 kB cache one sample,
+    with 1 MB groups of 1, 3 or 5 as the blocks' maps shrink, with an unknown size the whole batch.
+    Every output matches float64, and the batch equals its samples run alone up to the gates' sums."""
+    model = _efficientnet_stages()
+    reference = copy.deepcopy(model).double()
+    optimize(model, executor="winograd", example_inputs=(torch.randn(2, 3, 48, 48, generator=gen),), strict=True)
+    monkeypatch.setattr(ConvRunner, "tuned_form", lambda self, x, act, residual, forms: next(
+        (f for f in ("gemm", "depthwise") if f in forms), None))
+    monkeypatch.setattr(mobile, "LLC_BYTES", None if cache_mb is None else int(cache_mb * 2**20))
+    x = torch.randn(5, 3, 48, 48, generator=gen)
+    with use_executor("winograd"), torch.no_grad():
+        model(x)  # plans each conv's form at this shape, one call at a time
+        groups = []
+        real = mobile.samples_per_pass
+        monkeypatch.setattr(mobile, "samples_per_pass", lambda batch, size: groups.append(real(batch, size))
+                            or groups[-1])
+        _assert_matches_float64(model, reference, f"{cache_mb} MB cache", [x])
+        batch, alone = model(x), torch.cat([model(x[i:i + 1]) for i in range(5)])
+    at_five = set(groups[:5])  # the five blocks' groups at batch 5
+    assert at_five == {5} if cache_mb is None else {1} if cache_mb == 0.02 else {1, 3, 5}, groups
+    assert rel_error(batch, alone) < 1e-6  # fp32 rounding of the gates' sums in another order
+
+
 @pytest.mark.parametrize("winner", ["one", "four"])
 def test_a_block_of_mixed_forms_keeps_the_faster_of_one_call_and_four(winner, gen, monkeypatch):
     """Where a block's 1×1 convs chose oneDNN and its depthwise conv the C loops, the tuned
