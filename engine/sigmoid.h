@@ -39,11 +39,13 @@ INLINE float sigmoid(float v) {
 #include <immintrin.h>
 
 /* sigmoid() on 8 lanes: the same clamp, rounding and polynomial, the exponent built in the
- * float's bits; NaN passes through. */
+ * float's bits. NaN passes through the arithmetic: vmaxps/vminps return their second operand
+ * when either is NaN, so the clamp, written constant first, keeps it (a NaN-to-0 mask before the
+ * clamp and a blend after cost 4 of ~24 instructions: 1.58 -> 1.40 cycles an element on one Zen 4
+ * core, the same bits on finite inputs). */
 INLINE __m256 sigmoid8(__m256 v) {
     __m256 x = _mm256_sub_ps(_mm256_setzero_ps(), v);
-    x = _mm256_and_ps(x, _mm256_cmp_ps(x, x, _CMP_ORD_Q));  /* NaN -> 0; restored below */
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.f)), _mm256_set1_ps(88.f));
+    x = _mm256_min_ps(_mm256_set1_ps(88.f), _mm256_max_ps(_mm256_set1_ps(-87.f), x));
     __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
@@ -57,8 +59,7 @@ INLINE __m256 sigmoid8(__m256 v) {
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
     __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    __m256 s = _mm256_div_ps(_mm256_set1_ps(1.f), _mm256_fmadd_ps(p, _mm256_castsi256_ps(e), _mm256_set1_ps(1.f)));
-    return _mm256_blendv_ps(s, v, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    return _mm256_div_ps(_mm256_set1_ps(1.f), _mm256_fmadd_ps(p, _mm256_castsi256_ps(e), _mm256_set1_ps(1.f)));
 }
 #endif
 
