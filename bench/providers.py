@@ -15,12 +15,28 @@ PROVIDERS = ["eager", "torch.compile", "torch.compile-max-autotune", "torch.comp
              "ferfuse-torch", "ferfuse-triton"]
 
 
+def cpu_model() -> str:
+    """The CPU's model name with its family and model numbers (a VM may report only "AMD EPYC"),
+    from /proc/cpuinfo; the architecture where that cannot be read."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
+
+
 def device_name(device: str) -> str:
-    """The machine a timing came from, for every result row."""
+    """The machine a timing came from, for every result row: the CPU, its ISA and the threads."""
     if device == "cuda":
         return torch.cuda.get_device_name(0)
-    return (f"{platform.processor() or platform.machine()} ({torch.backends.cpu.get_cpu_capability()}, "
-            f"{torch.get_num_threads()} threads)")
+    return f"{cpu_model()}, {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads"
 
 
 def available(provider: str, device: str) -> str | None:
