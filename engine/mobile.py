@@ -85,7 +85,7 @@ def samples_per_pass(batch: int, map_bytes: int) -> int:
     conv, the gate and the project GEMM read them from the cache, not from DRAM. HAFEM at batch 8
     on the 2-core AVX-512 EPYC (32 MB L3): 347 -> 318 ms a forward, against 299 for ONNX Runtime in
     the same process; groups for a quarter, an eighth or a 32nd of the cache, or one sample at a
-    time, measured 318-329 ms (/tmp A/B, noisy)."""
+    time, measured 318-329 ms, timed alternately in one process (within its noise)."""
     if LLC_BYTES is None:
         return batch
     return max(1, min(batch, LLC_BYTES // 2 // map_bytes))
