@@ -19,7 +19,7 @@ import torch
 
 from ferfuse import models
 from ferfuse.engine import report
-from ferfuse.engine.verify import budget, errors, first_tensor, original_error
+from ferfuse.engine.verify import allowed_error, errors, first_tensor, original_error
 
 from .providers import available, build, device_name
 
@@ -63,8 +63,7 @@ def run(model_names, batches, providers, *, rounds: int = 9, device: str = "cpu"
                 # error (the larger of its NCHW and channels_last runs) + floor; a ferfuse row over it
                 # is flagged, not hidden
                 original_err = original_error(base, (x,), ref)
-            k, floor, _ = budget("fp32", logits=True)
-            logits_budget = k * original_err + floor
+            logits_budget = allowed_error(original_err, "fp32", logits=True)
             runs, info = {}, {}
             for provider in providers:
                 reason = available(provider, device)
@@ -95,7 +94,7 @@ def run(model_names, batches, providers, *, rounds: int = 9, device: str = "cpu"
                                           within_budget=err <= logits_budget)
                     if err > logits_budget:
                         log(f"  {name} b{batch} {provider}: logits error {err:.1e} OVER the budget {logits_budget:.1e} "
-                            f"({k:g} × the original fp32 model's {original_err:.1e} + {floor:g})")
+                            f"(engine/verify.py's, from the original fp32 model's {original_err:.1e})")
             # calls per block: enough for min_block_s on the slowest provider
             per_call = {}
             for provider, fn in runs.items():

@@ -13,7 +13,7 @@ from .fused import FusedUnit, original_path
 from .guard import InputGuard
 from .patterns import Skip, all_patterns, is_claimed
 from .report import FusedEntry, Report
-from .verify import budget, capture_inputs, errors, first_tensor, original_error, top1_agreement, working_precision
+from .verify import allowed_error, budget, capture_inputs, errors, first_tensor, original_error, top1_agreement, working_precision
 
 STATE_ATTR = "_ferfuse_state"
 _PRECISIONS = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -231,8 +231,7 @@ def _run_eval(model, inputs):
 
 def _over_budget(err: float, baseline: float, precision: str, form: str, logits: bool = False) -> tuple[float, bool]:
     """(the budget, whether `err` exceeds it) for a fused path whose convs run as `form`."""
-    k, floor, _ = budget(precision, form, logits)
-    allowed = k * baseline + floor
+    allowed = allowed_error(baseline, precision, form, logits)
     return allowed, not err <= allowed
 
 

@@ -41,6 +41,13 @@ def budget(precision: str, form: str = "onednn", logits: bool = False) -> tuple[
     return k, row.floor, row.top1
 
 
+def allowed_error(baseline: float, precision: str, form: str = "onednn", logits: bool = False) -> float:
+    """The budget itself: k × `baseline` (the original path's own error) + floor, for a fused path
+    in `precision` whose convs run as `form`."""
+    k, floor, _ = budget(precision, form, logits)
+    return k * baseline + floor
+
+
 @contextlib.contextmanager
 def working_precision(precision: str):
     """The original path's baseline runs as the user's model would at this precision: TF32 allowed for tf32."""
