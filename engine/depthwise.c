@@ -75,44 +75,57 @@ INLINE void depthwise_pixels(const float *restrict xb, const float *restrict w, 
 #include <immintrin.h>
 #define HAVE_BLOCKS 1
 
-/* PX output pixels of one row and 8 channels from c, register-blocked: PX accumulators, the row's k
- * taps held in registers for a kernel row, and each input pixel of the window loaded once and
- * multiplied into every output pixel whose window holds it (a stride-1 k=5 row: 12 loads for 40
- * multiply-adds, where loading per tap is 80). k, s and checked are compile-time constants at every
- * call, so the loops unroll to straight-line code with the tap index resolved. checked: the block
- * has np < PX pixels or its windows cross the map's left or right edge (those taps are skipped). */
+/* PX output pixels of one row and one vector of channels from c, register-blocked: PX accumulators,
+ * the row's k taps held in registers for a kernel row, and each input pixel of the window loaded
+ * once and multiplied into every output pixel whose window holds it (a stride-1 k=5 row: 12 loads
+ * for 40 multiply-adds, where loading per tap is 80). k, s and checked are compile-time constants
+ * at every call, so the loops unroll to straight-line code with the tap index resolved. checked:
+ * the block has np < PX pixels or its windows cross the map's left or right edge (those taps are
+ * skipped). Written once for two widths: 8 channels (AVX2) and, where the CPU has AVX-512, 16 in
+ * one register, the same taps, order and rounding per lane with half the instructions: on the
+ * 2-core Zen 4, whose 512-bit FMA is two 256-bit halves, the loop's loads, address arithmetic and
+ * branches bound the blocks, and 16 channels at a time ran B5's depthwise convs with their SiLU
+ * 1.11-1.24x faster (the 24-channel ones level), the same bits. */
 #define PX 8
-INLINE void depthwise_block(const float *restrict xb, const float *restrict w, const float *restrict bias,
-                            float *restrict out, int H, int W, int C, int K, const int k, const int s,
-                            const int checked, int np, int iy0, int ix0, int c, int act) {
-    __m256 acc[PX];
-    __m256 b = bias ? _mm256_loadu_ps(bias + c) : _mm256_setzero_ps();
-#pragma GCC unroll 8
-    for (int p = 0; p < PX; p++) acc[p] = b;
-    const int off = (K - k) / 2, span = (PX - 1) * s + k;
-    for (int ky = 0; ky < k; ky++) {
-        int iy = iy0 + ky;
-        if (iy < 0 || iy >= H) continue;
-        const float *restrict wr = w + ((int64_t)(ky + off) * K + off) * C + c;
-        __m256 tap[7];
-#pragma GCC unroll 7
-        for (int kx = 0; kx < k; kx++) tap[kx] = _mm256_loadu_ps(wr + (int64_t)kx * C);
-        const float *restrict xr = xb + ((int64_t)iy * W + ix0) * C + c;
-#pragma GCC unroll 32
-        for (int j = 0; j < span; j++) {
-            if (checked && (j >= (np - 1) * s + k || ix0 + j < 0 || ix0 + j >= W)) continue;
-            __m256 v = _mm256_loadu_ps(xr + (int64_t)j * C);
-#pragma GCC unroll 8
-            for (int p = 0; p < PX; p++) {
-                int kx = j - p * s;
-                if (kx >= 0 && kx < k && (!checked || p < np)) acc[p] = _mm256_fmadd_ps(v, tap[kx], acc[p]);
-            }
-        }
+#define DEPTHWISE_BLOCK(name, vec, load, fmadd, zero, store)                                                  \
+    INLINE void name(const float *restrict xb, const float *restrict w, const float *restrict bias,          \
+                     float *restrict out, int H, int W, int C, int K, const int k, const int s,              \
+                     const int checked, int np, int iy0, int ix0, int c, int act) {                          \
+        vec acc[PX];                                                                                         \
+        vec b = bias ? load(bias + c) : zero();                                                              \
+        _Pragma("GCC unroll 8") for (int p = 0; p < PX; p++) acc[p] = b;                                     \
+        const int off = (K - k) / 2, span = (PX - 1) * s + k;                                                \
+        for (int ky = 0; ky < k; ky++) {                                                                     \
+            int iy = iy0 + ky;                                                                               \
+            if (iy < 0 || iy >= H) continue;                                                                 \
+            const float *restrict wr = w + ((int64_t)(ky + off) * K + off) * C + c;                          \
+            vec tap[7];                                                                                      \
+            _Pragma("GCC unroll 7") for (int kx = 0; kx < k; kx++) tap[kx] = load(wr + (int64_t)kx * C);     \
+            const float *restrict xr = xb + ((int64_t)iy * W + ix0) * C + c;                                 \
+            _Pragma("GCC unroll 32") for (int j = 0; j < span; j++) {                                        \
+                if (checked && (j >= (np - 1) * s + k || ix0 + j < 0 || ix0 + j >= W)) continue;             \
+                vec v = load(xr + (int64_t)j * C);                                                           \
+                _Pragma("GCC unroll 8") for (int p = 0; p < PX; p++) {                                       \
+                    int kx = j - p * s;                                                                      \
+                    if (kx >= 0 && kx < k && (!checked || p < np)) acc[p] = fmadd(v, tap[kx], acc[p]);      \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
+        _Pragma("GCC unroll 8") for (int p = 0; p < PX; p++)                                                 \
+            if (!checked || p < np) store(out + (int64_t)p * C + c, acc[p], act);                            \
     }
-#pragma GCC unroll 8
-    for (int p = 0; p < PX; p++)
-        if (!checked || p < np) _mm256_storeu_ps(out + (int64_t)p * C + c, activate8(acc[p], act));
+
+INLINE void store8(float *out, __m256 v, int act) { _mm256_storeu_ps(out, activate8(v, act)); }
+DEPTHWISE_BLOCK(depthwise_block, __m256, _mm256_loadu_ps, _mm256_fmadd_ps, _mm256_setzero_ps, store8)
+
+#if defined(__AVX512F__)
+#define HAVE_BLOCKS16 1
+INLINE void store16(float *out, __m512 v, int act) {  /* the epilogue on 8 lanes at a time, as store8 */
+    store8(out, _mm512_castps512_ps256(v), act);
+    store8(out + 8, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)), act);
 }
+DEPTHWISE_BLOCK(depthwise_block16, __m512, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_setzero_ps, store16)
+#endif
 
 /* One output row's pixels [0, Wo) and channels [c0, c1) of a group with kernel k (3, 5 or 7) and
  * stride s (1 or 2): blocks of PX pixels, 8 channels at a time; the last < 8 channels per pixel. */
@@ -122,10 +135,17 @@ INLINE void depthwise_row_const(const float *xb, const float *w, const float *bi
         int ix0 = ox * s - k / 2, np = Wo - ox < PX ? Wo - ox : PX;
         float *out = yrow + (int64_t)ox * C;
         int c = c0;
-        if (np == PX && ix0 >= 0 && ix0 + (PX - 1) * s + k <= W)
+        if (np == PX && ix0 >= 0 && ix0 + (PX - 1) * s + k <= W) {
+#ifdef HAVE_BLOCKS16
+            for (; c + 16 <= c1; c += 16) depthwise_block16(xb, w, bias, out, H, W, C, K, k, s, 0, PX, iy0, ix0, c, act);
+#endif
             for (; c + 8 <= c1; c += 8) depthwise_block(xb, w, bias, out, H, W, C, K, k, s, 0, PX, iy0, ix0, c, act);
-        else
+        } else {
+#ifdef HAVE_BLOCKS16
+            for (; c + 16 <= c1; c += 16) depthwise_block16(xb, w, bias, out, H, W, C, K, k, s, 1, np, iy0, ix0, c, act);
+#endif
             for (; c + 8 <= c1; c += 8) depthwise_block(xb, w, bias, out, H, W, C, K, k, s, 1, np, iy0, ix0, c, act);
+        }
         for (int p = 0; c < c1 && p < np; p++) {
             depthwise_pixel(xb, w, bias, out + (int64_t)p * C, H, W, C, K, k, iy0, ix0 + p * s, c, c1 - c);
             for (int l = c; l < c1; l++) out[(int64_t)p * C + l] = activate(out[(int64_t)p * C + l], act);
