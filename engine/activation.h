@@ -44,6 +44,17 @@ INLINE __m256 activate8(__m256 v, int act) {
     default: return v;
     }
 }
+
+#if defined(__AVX512F__)
+/* SiLU on 16 lanes (sigmoid16), the same bits as activate8's on each 8; the other activations stay
+ * on 8 lanes (their epilogues gain nothing, and joining halves cost MHAN's small GEMMs) */
+INLINE __m512 silu16(__m512 v) { return _mm512_mul_ps(v, sigmoid16(v)); }
+INLINE __m256 low8(__m512 v) { return _mm512_castps512_ps256(v); }
+INLINE __m256 high8(__m512 v) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)); }
+INLINE __m512 join16(__m256 lo, __m256 hi) {
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(lo)), _mm256_castps_pd(hi), 1));
+}
+#endif
 #endif
 
 #endif

@@ -108,8 +108,19 @@ INLINE void tile_rows(const float *x, int64_t ldx, const float *panel, const flo
                 v0 = _mm256_add_ps(v0, _mm256_maskload_ps(res + i * ldy, m0));
                 v1 = _mm256_add_ps(v1, _mm256_maskload_ps(res + i * ldy + 8, m1));
             }
+#if defined(__AVX512F__)
+            if (act == ACT_SILU) {  /* the tile's 16 channels in one register: the same bits */
+                __m512 v = silu16(join16(v0, v1));
+                v0 = low8(v);
+                v1 = high8(v);
+            } else {
+                v0 = activate8(v0, act);
+                v1 = activate8(v1, act);
+            }
+#else
             v0 = activate8(v0, act);
             v1 = activate8(v1, act);
+#endif
         }
         if (nr == NR) {
             _mm256_storeu_ps(y + i * ldy, v0);

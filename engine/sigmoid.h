@@ -38,29 +38,40 @@ INLINE float sigmoid(float v) {
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 
-/* sigmoid() on 8 lanes: the same clamp, rounding and polynomial, the exponent built in the
- * float's bits. NaN passes through the arithmetic: vmaxps/vminps return their second operand
- * when either is NaN, so the clamp, written constant first, keeps it (a NaN-to-0 mask before the
- * clamp and a blend after cost 4 of ~24 instructions: 1.58 -> 1.40 cycles an element on one Zen 4
- * core, the same bits on finite inputs). */
-INLINE __m256 sigmoid8(__m256 v) {
-    __m256 x = _mm256_sub_ps(_mm256_setzero_ps(), v);
-    x = _mm256_min_ps(_mm256_set1_ps(88.f), _mm256_max_ps(_mm256_set1_ps(-87.f), x));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.4286068203e-06f), r);
-    __m256 p = _mm256_set1_ps(1.f / 5040.f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 720.f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 120.f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 24.f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 6.f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_div_ps(_mm256_set1_ps(1.f), _mm256_fmadd_ps(p, _mm256_castsi256_ps(e), _mm256_set1_ps(1.f)));
-}
+/* sigmoid() on a vector of 8 lanes (AVX2) or, where the CPU has AVX-512, 16: the same clamp,
+ * rounding and polynomial, the exponent built in the float's bits; the same bits per lane at either
+ * width. NaN passes through the arithmetic: vmaxps/vminps return their second operand when either
+ * is NaN, so the clamp, written constant first, keeps it (a NaN-to-0 mask before the clamp and a
+ * blend after cost 4 of ~24 instructions: 1.58 -> 1.40 cycles an element on one Zen 4 core, the
+ * same bits on finite inputs). P is the intrinsics' prefix (_mm256_ or _mm512_). */
+#define SIGMOID_VECTOR(name, vec, veci, P, round_nearest, as_float)                                  \
+    INLINE vec name(vec v) {                                                                         \
+        vec x = P##sub_ps(P##setzero_ps(), v);                                                       \
+        x = P##min_ps(P##set1_ps(88.f), P##max_ps(P##set1_ps(-87.f), x));                           \
+        vec n = round_nearest(P##mul_ps(x, P##set1_ps(1.44269504088896341f)));                       \
+        vec r = P##fnmadd_ps(n, P##set1_ps(0.693145751953125f), x);                                  \
+        r = P##fnmadd_ps(n, P##set1_ps(1.4286068203e-06f), r);                                       \
+        vec p = P##set1_ps(1.f / 5040.f);                                                            \
+        p = P##fmadd_ps(p, r, P##set1_ps(1.f / 720.f));                                              \
+        p = P##fmadd_ps(p, r, P##set1_ps(1.f / 120.f));                                              \
+        p = P##fmadd_ps(p, r, P##set1_ps(1.f / 24.f));                                               \
+        p = P##fmadd_ps(p, r, P##set1_ps(1.f / 6.f));                                                \
+        p = P##fmadd_ps(p, r, P##set1_ps(0.5f));                                                     \
+        p = P##fmadd_ps(p, r, P##set1_ps(1.f));                                                      \
+        p = P##fmadd_ps(p, r, P##set1_ps(1.f));                                                      \
+        veci e = P##slli_epi32(P##add_epi32(P##cvtps_epi32(n), P##set1_epi32(127)), 23);             \
+        return P##div_ps(P##set1_ps(1.f), P##fmadd_ps(p, as_float(e), P##set1_ps(1.f)));             \
+    }
+
+INLINE __m256 round8(__m256 x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+SIGMOID_VECTOR(sigmoid8, __m256, __m256i, _mm256_, round8, _mm256_castsi256_ps)
+
+#if defined(__AVX512F__)
+/* 16 lanes: on Zen 4, whose 512-bit operations are two 256-bit halves, the same arithmetic in half
+ * the instructions ran the depthwise convs' SiLU epilogue 1.1-1.3x faster */
+INLINE __m512 round16(__m512 x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+SIGMOID_VECTOR(sigmoid16, __m512, __m512i, _mm512_, round16, _mm512_castsi512_ps)
+#endif
 #endif
 
 #endif
