@@ -3,8 +3,9 @@
  * project) and EfficientNet's MBConv in HAFEM (1x1 expand + SiLU, depthwise conv + SiLU,
  * squeeze-and-excitation, 1x1 project). The 1x1 convolutions are GEMMs (pointwise.c or oneDNN);
  * what is left between them is ~10-25 small torch ops per block, so it runs here as two passes
- * over channels-last maps. On AVX2 the depthwise conv is register-blocked (depthwise_block), and
- * EfficientNet's runs here or on oneDNN, whichever its first call at a shape timed faster.
+ * over channels-last maps. On AVX2 the depthwise conv is register-blocked (depthwise_block; 16
+ * channels a register with AVX-512), and EfficientNet's runs here or on oneDNN, whichever its first
+ * call at a shape timed faster.
  *
  * Layouts (all channels-last, float32):
  *   x: B x H x W x C            the depthwise conv's input

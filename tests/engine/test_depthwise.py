@@ -93,6 +93,21 @@ def test_depthwise_activation_epilogue_matches_float64(case, act, gen, poisoned_
 
 
 @pytest.mark.parametrize("act", [None, "silu", "relu"])
+def test_a_channel_gets_the_same_bits_in_a_16_or_an_8_channel_block(act, gen):
+    """24 channels are a 16-channel block and an 8-channel one on AVX-512 CPUs (8 + 8 + 8 on
+    AVX2): rotating the channels by 8 moves each between the two widths, and its output, SiLU
+    included, keeps every bit (depthwise.c's blocks and sigmoid.h's sigmoid8/sigmoid16 share one
+    arithmetic per lane)."""
+    kernel, bias = torch.randn(24, 1, 3, 3, generator=gen) / 3, torch.randn(24, generator=gen)
+    x = torch.randn(2, 24, 11, 13, generator=gen) * 4  # SiLU's sigmoid over its whole curve
+    rotated = torch.roll(torch.arange(24), 8)
+    got = MixedDepthwise([kernel], bias, 1).run_c(x.contiguous(memory_format=torch.channels_last), act)
+    moved = MixedDepthwise([kernel[rotated]], bias[rotated], 1).run_c(
+        x[:, rotated].contiguous(memory_format=torch.channels_last), act)
+    assert torch.equal(moved, got[:, rotated])
+
+
+@pytest.mark.parametrize("act", [None, "silu", "relu"])
 def test_depthwise_propagates_nan_to_the_windows_that_hold_it(act):
     """A NaN input pixel makes NaN exactly the outputs whose window holds it (IEEE: no fast-math)."""
     kernel = torch.rand(16, 1, 3, 3) + 0.1
