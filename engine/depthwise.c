@@ -134,7 +134,8 @@ DEPTHWISE_BLOCK(depthwise_block16, __m512, _mm512_loadu_ps, _mm512_fmadd_ps, _mm
 #endif
 
 /* One output row's pixels [0, Wo) and channels [c0, c1) of a group with kernel k (3, 5 or 7) and
- * stride s (1 or 2): blocks of PX pixels, 8 channels at a time; the last < 8 channels per pixel. */
+ * stride s (1 or 2): blocks of PX pixels, 16 channels at a time with AVX-512, then 8; the last < 8
+ * channels per pixel. */
 INLINE void depthwise_row_const(const float *xb, const float *w, const float *bias, float *yrow, int H, int W,
                                 int C, int Wo, int K, const int k, const int s, int iy0, int c0, int c1, int act) {
     for (int ox = 0; ox < Wo; ox += PX) {

@@ -102,10 +102,10 @@ def original_error(run, inputs: tuple, expected: torch.Tensor) -> float:
     budget: the larger of its errors on `inputs` and on the same inputs in the other memory format.
 
     One summation order is one draw of fp32's error, and on an ill-conditioned input two draws
-    differ by over 10×: on the 26th image of MACA-Net's batch-32 benchmark (AVX-512) the original
-    model's logits erred 2.3e-5 in NCHW (oneDNN's blocked direct kernel) and 3.2e-4 in channels_last
-    (its brgemm kernel): its heads magnify a 1e-6 change of the features 240× (float64), and the
-    fp32 heads alone err 1.5e-4 there. A budget on the lucky draw alone rejects correct orders.
+    differ by over 10×: on MACA-Net's batch-32 benchmark (AVX-512) the original model's logits
+    erred 4.1e-6 in NCHW (oneDNN's blocked direct kernel) and 5.8e-5 in channels_last (its brgemm
+    kernel), from its 26th image, whose heads magnify a 1e-6 change of the features 240× (float64)
+    and on which the fp32 heads alone err 1.5e-4. A budget on the lucky draw alone rejects correct orders.
     A forward that cannot take the other layout (a `.view` of a map) gives the one draw."""
     errs = [errors(first_tensor(run(*inputs)), expected)[1]]
     other = tuple(other_memory_format(t) for t in inputs)
