@@ -133,26 +133,30 @@ INLINE void store16(float *out, __m512 v, int act) {
 DEPTHWISE_BLOCK(depthwise_block16, __m512, _mm512_loadu_ps, _mm512_fmadd_ps, _mm512_setzero_ps, store16)
 #endif
 
+/* The blocks of one run of PX pixels from channel c: 16 channels at a time with AVX-512, then 8;
+ * returns the first channel left (fewer than 8). Inlined at both calls with checked a constant,
+ * so each call unrolls as depthwise_block's loops need. */
+INLINE int depthwise_blocks(const float *xb, const float *w, const float *bias, float *out, int H, int W, int C,
+                            int K, const int k, const int s, const int checked, int np, int iy0, int ix0, int c,
+                            int c1, int act) {
+#ifdef HAVE_BLOCKS16
+    for (; c + 16 <= c1; c += 16) depthwise_block16(xb, w, bias, out, H, W, C, K, k, s, checked, np, iy0, ix0, c, act);
+#endif
+    for (; c + 8 <= c1; c += 8) depthwise_block(xb, w, bias, out, H, W, C, K, k, s, checked, np, iy0, ix0, c, act);
+    return c;
+}
+
 /* One output row's pixels [0, Wo) and channels [c0, c1) of a group with kernel k (3, 5 or 7) and
- * stride s (1 or 2): blocks of PX pixels, 16 channels at a time with AVX-512, then 8; the last < 8
- * channels per pixel. */
+ * stride s (1 or 2): blocks of PX pixels (depthwise_blocks), unchecked where the PX windows lie
+ * inside the width; the last < 8 channels per pixel. */
 INLINE void depthwise_row_const(const float *xb, const float *w, const float *bias, float *yrow, int H, int W,
                                 int C, int Wo, int K, const int k, const int s, int iy0, int c0, int c1, int act) {
     for (int ox = 0; ox < Wo; ox += PX) {
         int ix0 = ox * s - k / 2, np = Wo - ox < PX ? Wo - ox : PX;
         float *out = yrow + (int64_t)ox * C;
-        int c = c0;
-        if (np == PX && ix0 >= 0 && ix0 + (PX - 1) * s + k <= W) {
-#ifdef HAVE_BLOCKS16
-            for (; c + 16 <= c1; c += 16) depthwise_block16(xb, w, bias, out, H, W, C, K, k, s, 0, PX, iy0, ix0, c, act);
-#endif
-            for (; c + 8 <= c1; c += 8) depthwise_block(xb, w, bias, out, H, W, C, K, k, s, 0, PX, iy0, ix0, c, act);
-        } else {
-#ifdef HAVE_BLOCKS16
-            for (; c + 16 <= c1; c += 16) depthwise_block16(xb, w, bias, out, H, W, C, K, k, s, 1, np, iy0, ix0, c, act);
-#endif
-            for (; c + 8 <= c1; c += 8) depthwise_block(xb, w, bias, out, H, W, C, K, k, s, 1, np, iy0, ix0, c, act);
-        }
+        int c = np == PX && ix0 >= 0 && ix0 + (PX - 1) * s + k <= W
+                    ? depthwise_blocks(xb, w, bias, out, H, W, C, K, k, s, 0, PX, iy0, ix0, c0, c1, act)
+                    : depthwise_blocks(xb, w, bias, out, H, W, C, K, k, s, 1, np, iy0, ix0, c0, c1, act);
         for (int p = 0; c < c1 && p < np; p++) {
             depthwise_pixel(xb, w, bias, out + (int64_t)p * C, H, W, C, K, k, iy0, ix0 + p * s, c, c1 - c);
             for (int l = c; l < c1; l++) out[(int64_t)p * C + l] = activate(out[(int64_t)p * C + l], act);
