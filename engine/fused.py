@@ -2,9 +2,11 @@
 
 A unit never owns parameters: the covered modules' parameters and buffers stay the truth (the
 state_dict is unchanged) and the folded weights are rebuilt whenever one of them changes
-(`load_state_dict`, an optimizer step, `.to()`), detected by each tensor's storage pointer and
-version counter. Units install themselves by rebinding `forward` on the live modules (and their
-display names, so `print(model)` shows the swap); `uninstall` restores the class's forward.
+(`load_state_dict`, an optimizer step, `.to()`), detected by each tensor's identity, version
+counter and data pointer. A write through `.data` (`p.data.copy_(w)`) bumps no version counter
+and goes unseen: load weights with `load_state_dict` or in place under `torch.no_grad()`. Units
+install themselves by rebinding `forward` on the live modules (and their display names, so
+`print(model)` shows the swap); `uninstall` restores the class's forward.
 """
 import threading
 import types
@@ -60,35 +62,53 @@ class FusedUnit:
         state.pop("_slot_list", None)  # refers to the modules' own tables: listed again after a copy
         return state
 
-    # -- folded weights: a cache keyed by the source tensors' identity and version -------------
+    # -- folded weights: a cache checked against the source tensors' identity and version -------
     def _slots(self) -> list[tuple[dict, str]]:
-        """Where each covered tensor lives: (a module's _parameters or _buffers, name). Read on
-        every call, so a replaced tensor (`.to()`, assignment) is seen; listed once, because walking
-        the module tree on every call cost ~0.3 ms per DAN forward."""
+        """Where each covered tensor that folding reads lives: (a module's _parameters or _buffers,
+        name). Read on every call, so a replaced tensor (`.to()`, assignment) is seen; listed once,
+        because walking the module tree on every call cost ~0.3 ms per DAN forward. BatchNorm's
+        `num_batches_tracked` is left out: it only sets the momentum of training updates, which
+        eval folding never reads."""
         slots = self.__dict__.get("_slot_list")
         if slots is None:
             slots = [(table, name) for module in self.covered.values() for m in module.modules()
-                     for table in (m._parameters, m._buffers) for name in table]
+                     for table in (m._parameters, m._buffers) for name in table if name != "num_batches_tracked"]
             self._slot_list = slots
         return slots
 
-    def _key(self) -> tuple:
-        return tuple(None if (t := table.get(name)) is None else (t.data_ptr(), t._version)
-                     for table, name in self._slots())
+    def _sources(self) -> list[tuple]:
+        """Each covered tensor as folding finds it: (its table, name, the tensor, its version, its
+        data pointer); None for the last three where the slot is empty."""
+        return [(table, name, t, t._version, t.data_ptr()) if (t := table.get(name)) is not None
+                else (table, name, None, None, None) for table, name in self._slots()]
+
+    @staticmethod
+    def _unchanged(sources: list[tuple]) -> bool:
+        """Whether every covered tensor is the one folded, unmodified: the same object in its
+        table (not replaced), the same version (no in-place write: load_state_dict, an optimizer
+        step) and the same data pointer (no `.data =` swap, which keeps the version). One pass
+        that stops at the first change: the check runs before every fused call, and building
+        the whole key as a tuple to compare cost HAFEM ~1.2 ms a forward at batch 1 (its 1,000
+        tensors' metadata is out of cache between the kernels)."""
+        for table, name, t, version, ptr in sources:
+            if table.get(name) is not t or t is not None and (t._version != version or t.data_ptr() != ptr):
+                return False
+        return True
 
     @torch.compiler.disable
     def folded(self, device: torch.device) -> dict:
-        key = (device, self.decomposed, self._key())
         cache = self._cache
-        if cache is not None and cache[0] == key:
+        if cache is not None and cache[0] == (device, self.decomposed) and self._unchanged(cache[2]):
             return cache[1]
         with _FOLD_LOCK:
-            if self._cache is None or self._cache[0] != key:
+            cache = self._cache
+            if cache is None or cache[0] != (device, self.decomposed) or not self._unchanged(cache[2]):
+                sources = self._sources()  # before folding: a change made meanwhile is seen next call
                 with torch.no_grad():
                     # detached: `.to()` of an unchanged parameter returns the parameter itself
                     weights = {k: v.detach() if isinstance(v, torch.Tensor) else v
                                for k, v in self.fold(device).items()}
-                self._cache = (key, weights)
+                self._cache = (device, self.decomposed), weights, sources
             return self._cache[1]
 
     def fold(self, device: torch.device) -> dict:
