@@ -14,8 +14,11 @@ winograd executor each conv runs in the form its first call at an input shape ti
 1×1 convs on ferfuse's GEMM (engine/pointwise.py) or oneDNN, the depthwise conv on depthwise.c's
 register-blocked loops or oneDNN's brdgmm kernel. Where all of a block's convs took ferfuse's C
 forms at a shape, its later calls there are one C call (engine/mobile.py): the same passes, no
-Python between them. On aten (and CUDA, and export) the same folded weights run as torch ops.
+Python between them; and the nn.Sequentials holding the blocks (stages, the trunk) run the blocks
+that are one C call back to back in one call (BlockChain). On aten (and CUDA, and export) the same
+folded weights run as torch ops.
 """
+import types
 from collections import Counter
 
 import torch
@@ -25,7 +28,8 @@ from .. import mobile
 from ..algebra import layer_bias
 from ..depthwise import ACTIVATIONS, SqueezeExcite
 from ..executors import FORCED_FORM, fastest
-from ..mobile import MBConvCall
+from ..fused import UNIT_ATTR, fused_forward, in_original_path, original_forward
+from ..mobile import MBConvCall, MBConvChain
 from .conv_bn import FUSABLE_ACTIVATIONS, foldable_reason, folded_conv
 from . import find_modules
 from .mobile_block import MobileBlockUnit, is_one_by_one, is_same_depthwise
@@ -137,11 +141,33 @@ class FusedMBConv(MobileBlockUnit):
         state.pop("_calls", None)
         return state
 
+    def install(self, model):
+        super().install(model)
+        # the nn.Sequentials holding this block (a stage, the trunk holding the stages) run their
+        # blocks' C calls back to back (BlockChain)
+        self.stages = []
+        name = self.names()[0]
+        while name and type(parent := model.get_submodule(name := name.rpartition(".")[0])) is nn.Sequential:
+            if CHAIN_ATTR not in parent.__dict__:
+                parent.__dict__[CHAIN_ATTR] = BlockChain()
+                parent.forward = types.MethodType(chained_forward, parent)
+            self.stages.append(parent)
+
+    def uninstall(self):
+        super().uninstall()
+        for stage in self.__dict__.pop("stages", ()):
+            if CHAIN_ATTR in stage.__dict__ and not any(
+                    isinstance(m.__dict__.get(UNIT_ATTR), FusedMBConv) for m in stage.modules()):
+                del stage.__dict__[CHAIN_ATTR], stage.__dict__["forward"]
+
     def tally(self) -> dict:
         """How this block runs at each input shape the tuned (winograd) executor met."""
         calls = self.__dict__.get("_calls")
-        ways = Counter("one C call" if call is not None else "four calls"
-                       for (_, executor, _), call in (calls[1].items() if calls else ()) if executor == "winograd")
+        chained = set().union(*(s.__dict__[CHAIN_ATTR].chained for s in self.__dict__.get("stages", ())
+                                if CHAIN_ATTR in s.__dict__))
+        ways = Counter(("one C call with the blocks beside it" if (id(call), key) in chained
+                        else "one C call") if call is not None else "four calls"
+                       for key, call in (calls[1].items() if calls else ()) if key[1] == "winograd")
         return {"MBConv blocks": ways} if ways else {}
 
     def block_call(self, f: dict, x, executor: str) -> MBConvCall | None:
@@ -183,6 +209,140 @@ class FusedMBConv(MobileBlockUnit):
                 call = None
         calls[1][key] = call
         return call
+
+
+CHAIN_ATTR = "_ferfuse_chain"
+
+
+def chained_forward(self, x):
+    """The forward of an nn.Sequential holding fused MBConv blocks (BlockChain.forward)."""
+    return self.__dict__[CHAIN_ATTR].forward(self, x)
+
+
+class BlockChain:
+    """Runs the MBConv blocks of an nn.Sequential (an EfficientNet trunk or one of its stages)
+    that are one C call at their input shapes back to back in one C call (mobile.py
+    MBConvChain): the same calls, bit for bit, without the Python between blocks. Nested plain
+    nn.Sequentials without hooks (the stages) are looked through, so a trunk's 39 blocks are one
+    call. On the 2-core Zen 4 (AVX-512) the Python between blocks, each block's folded-weight
+    check included, cost 60-140 µs a block in HAFEM's forward at batch 1, ~4 ms of 40.
+
+    Planned per input shape, executor and thread count from a forward run module by module (each
+    block plans its own call there). Before each chained run every block is checked as its own
+    call would check it (`Run.ready`); a block with hooks, or one in training mode, runs as a
+    module between runs."""
+
+    def __init__(self):
+        self.plans: dict[tuple, Plan] = {}
+        self.chained: set[tuple] = set()  # (id(block call), its key) run inside a chain: the report's tally
+
+    def __getstate__(self):  # plans hold raw pointers into this copy's folded weights
+        return {"plans": {}, "chained": set()}
+
+    def forward(self, stage: nn.Sequential, x):
+        modules = tuple(_flatten(stage, []))
+        unit = next((u for m in modules if isinstance(u := m.__dict__.get(UNIT_ATTR), FusedMBConv)), None)
+        if unit is None or not (isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dtype == torch.float32
+                                and x.dim() == 4) \
+                or in_original_path() or torch.compiler.is_compiling() or torch.jit.is_tracing() \
+                or (torch.is_grad_enabled() and x.requires_grad) or _global_hooks():
+            return original_forward(stage, x)
+        key = (x.shape, unit.conv_executor(), torch.get_num_threads())
+        plan = self.plans.get(key)
+        if plan is not None and plan.holds(modules):
+            for step in plan.steps:
+                x = step.chain.run(x) if isinstance(step, Run) else step(x)
+            return x
+        shapes = []  # module by module, as the nn.Sequentials run them, noting each input's shape
+        for module in modules:
+            shapes.append(x.shape)
+            x = module(x)
+        plan = Plan.of(modules, shapes, key[1:])
+        if plan is not None:
+            self.plans[key] = plan
+            self.chained.update((id(call), (shape, *key[1:])) for run in plan.steps if isinstance(run, Run)
+                                for call, shape in run.calls)
+        return x
+
+
+def _runs_its_call(module: nn.Module, unit: FusedMBConv) -> bool:
+    """Whether a fused block, called as a module now, would run its fused forward unseen: still
+    fused, active, no hooks of its own, its forward the one the unit installed."""
+    return (module.__dict__.get(UNIT_ATTR) is unit and not (module._forward_hooks or module._forward_pre_hooks)
+            and getattr(module.__dict__.get("forward"), "__func__", None) is fused_forward
+            and unit.enabled and not module.training and not unit.decomposed)
+
+
+class Plan:
+    """One input shape's steps: a module called as such, or a Run of blocks."""
+
+    def __init__(self, modules: tuple, steps: list, held: list):
+        self.modules, self.steps, self.held = modules, steps, held
+
+    @classmethod
+    def of(cls, modules: tuple, shapes: list, rest: tuple) -> "Plan | None":
+        """The plan for modules that took `shapes` as inputs; None while a block has yet to decide
+        its call there (its first call at a shape plans its convs)."""
+        steps, run, held = [], [], []
+        for module, shape in zip(modules, shapes):
+            unit = module.__dict__.get(UNIT_ATTR)
+            calls = unit.__dict__.get("_calls") if isinstance(unit, FusedMBConv) else None
+            if isinstance(unit, FusedMBConv) and unit.runs_c() and (calls is None or (shape, *rest) not in calls[1]):
+                return None
+            call = calls[1].get((shape, *rest)) if calls is not None else None
+            if call is not None and _runs_its_call(module, unit):
+                run.append((module, unit, calls[0], call, shape))
+                continue
+            if call is not None:
+                held.append((module, unit))  # one C call, but it must be seen: a module for now
+            if run:
+                steps.append(Run(run))
+                run = []
+            steps.append(module)
+        if run:
+            steps.append(Run(run))
+        return cls(modules, steps, held)
+
+    def holds(self, modules: tuple) -> bool:
+        """Whether this plan still runs `modules` as their own calls would: the same modules, every
+        run's blocks ready, and no block held out that could now join a run."""
+        return self.modules == modules and all(step.ready() for step in self.steps if isinstance(step, Run)) \
+            and not any(_runs_its_call(module, unit) for module, unit in self.held)
+
+
+class Run:
+    """Blocks in a row, each one C call at its input shape, as one MBConvChain."""
+
+    def __init__(self, blocks: list[tuple]):
+        self.checks = [(module, unit, folded) for module, unit, folded, _, _ in blocks]
+        self.calls = [(call, shape) for _, _, _, call, shape in blocks]
+        self.chain = MBConvChain([(call, module.use_res_connect) for module, _, _, call, _ in blocks], blocks[0][4])
+
+    def ready(self) -> bool:
+        """Whether each block would run its planned C call now: as a module it would run its fused
+        forward unseen, and its folded weights (checked as its own call checks them, rebuilt after
+        a change) are those the chain points into."""
+        cpu = torch.device("cpu")
+        return all(_runs_its_call(module, unit) and unit.folded(cpu) is folded for module, unit, folded in self.checks)
+
+
+def _flatten(stage: nn.Sequential, into: list) -> list:
+    """The modules `stage` runs, in order, looking through nested nn.Sequentials that run as
+    plain ones (no hooks, their forward nn.Sequential's own or a BlockChain's)."""
+    for child in stage._modules.values():
+        forward = child.__dict__.get("forward")
+        if type(child) is nn.Sequential and not (child._forward_hooks or child._forward_pre_hooks) and (
+                forward is None or getattr(forward, "__func__", None) is chained_forward):
+            _flatten(child, into)
+        else:
+            into.append(child)
+    return into
+
+
+def _global_hooks() -> bool:
+    """Whether forward hooks for every module are registered (they must see each block's call)."""
+    from torch.nn.modules import module
+    return bool(module._global_forward_hooks or module._global_forward_pre_hooks)
 
 
 class MBConvPattern:

@@ -14,8 +14,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ferfuse.engine import depthwise, mobile, optimize, report, scratch
+from ferfuse.engine import depthwise, mobile, optimize, report, revert, scratch
 from ferfuse.engine.executors import ConvRunner, use_executor
+from ferfuse.engine.fused import original_forward
 from ferfuse.engine.depthwise import ACTIVATIONS, CoordinateAttention, MixedDepthwise, SqueezeExcite
 from ferfuse.engine.patterns import mbconv, mix_depthwise
 from ferfuse.models import randomize_batchnorm
@@ -340,8 +341,9 @@ def test_mbconv_intermediates_in_scratch_maps(threads, gen, poisoned_empty, monk
                 _assert_matches_float64(model, reference, f"{threads} thread(s)", inputs)
                 with torch.no_grad():
                     out = model(inputs[0])
-            held = scratch.held()  # the expand and depthwise outputs, squeeze-excite's partial sums
-            assert len(held) == 3, "the block did not run as its one C call (engine/mobile.py)"
+            # the expand and depthwise outputs, squeeze-excite's partial sums, the maps between blocks
+            held = scratch.held()
+            assert len(held) == 5, "the blocks did not run as one chained C call (engine/mobile.py)"
             assert all(out.untyped_storage().data_ptr() != flat.untyped_storage().data_ptr() for flat in held)
         except AssertionError as err:
             errors.append(err)
@@ -352,6 +354,11 @@ def test_mbconv_intermediates_in_scratch_maps(threads, gen, poisoned_empty, monk
     for w in workers:
         w.join()
     assert not errors, errors
+
+
+def _unchained(chain, stage, x):
+    """nn.Sequential's own forward: each block called as a module, in place of BlockChain's."""
+    return original_forward(stage, x)
 
 
 def test_mbconv_block_as_one_c_call_is_bit_identical_to_its_four(gen, monkeypatch):
@@ -365,6 +372,7 @@ def test_mbconv_block_as_one_c_call_is_bit_identical_to_its_four(gen, monkeypatc
     runs = []
     real_run = mobile.MBConvCall.run
     monkeypatch.setattr(mobile.MBConvCall, "run", lambda self, *a: runs.append(1) or real_run(self, *a))
+    monkeypatch.setattr(mbconv.BlockChain, "forward", _unchained)  # each block called on its own
     with torch.no_grad(), use_executor("ferfuse-c"):
         model(x)  # plans each conv's form at these shapes, one call at a time
         assert runs == []
@@ -379,6 +387,88 @@ def test_mbconv_block_as_one_c_call_is_bit_identical_to_its_four(gen, monkeypatc
     with torch.no_grad(), use_executor("pointwise"):  # depthwise convs on oneDNN: four calls a block
         model(x), model(x)
     assert runs == []
+
+
+def _chain_runs(monkeypatch) -> list:
+    """The number of blocks in each chained C call (mobile.MBConvChain.run) from now on."""
+    runs = []
+    real_run = mobile.MBConvChain.run
+    monkeypatch.setattr(mobile.MBConvChain, "run", lambda self, x: runs.append(self.count) or real_run(self, x))
+    return runs
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_blocks_in_a_row_run_as_one_c_call_bit_identical_to_their_calls(batch, gen, monkeypatch):
+    """The trunk (an nn.Sequential of stages, each an nn.Sequential of blocks) runs its five blocks
+    as one chained C call once each block has planned its own call at its shape: the same bits as
+    the blocks called one by one, and the report says the blocks ran chained."""
+    model = _efficientnet_stages()
+    optimize(model, executor="winograd", example_inputs=(torch.randn(2, 3, 48, 48, generator=gen),), strict=True)
+    monkeypatch.setattr(ConvRunner, "tuned_form", lambda self, x, act, residual, forms: next(
+        (f for f in ("gemm", "depthwise") if f in forms), None))  # the C forms, in place of the timed choice
+    x = torch.randn(batch, 3, 45, 37, generator=gen)
+    runs = _chain_runs(monkeypatch)
+    with torch.no_grad(), use_executor("winograd"):
+        model(x)  # plans each conv's form, one call at a time
+        model(x)  # each block's one call, block by block; the chain plans from them
+        assert runs == []
+        chained = model(x)
+        assert runs == [5] and chained.is_contiguous(memory_format=torch.channels_last)
+        with monkeypatch.context() as m:
+            m.setattr(mbconv.BlockChain, "forward", _unchained)
+            assert torch.equal(model(x), chained)
+    assert report(model).form_tally()["MBConv blocks"] == {"one C call with the blocks beside it": 5}
+
+
+def test_a_chain_runs_block_by_block_where_a_block_must_be_seen(gen, monkeypatch):
+    """A hook on a block or on a stage, a block in training mode: that module runs as a module (the
+    hook sees its call) and the blocks beside it stay chained; with the hook gone, all five chain
+    again. Changed weights: block by block until the blocks have planned their new calls, and the
+    output follows the weights now held."""
+    model = _efficientnet_stages()
+    reference = copy.deepcopy(model).double()
+    optimize(model, executor="winograd", example_inputs=(torch.randn(2, 3, 48, 48, generator=gen),), strict=True)
+    x = torch.randn(2, 3, 45, 37, generator=gen)
+    runs = _chain_runs(monkeypatch)
+    with torch.no_grad(), use_executor("ferfuse-c"):
+        model(x), model(x), model(x)
+        assert runs == [5]
+        for hooked, beside in ((model[2][1], [2, 2]), (model[3], [3, 2])):
+            seen = []
+            handle = hooked.register_forward_hook(lambda *a: seen.append(1))
+            model(x)  # module by module: the plan with the hooked module as one
+            runs.clear()
+            model(x)
+            assert seen == [1, 1] and runs == beside, (hooked, runs)
+            handle.remove()
+            model(x)
+            runs.clear()
+            model(x)
+            assert runs == [5]
+        model[2][0].train()
+        model(x)
+        runs.clear()
+        model(x)
+        assert runs == [1, 3]
+        model[2][0].eval()
+        state = {k: v * 1.1 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+        model.load_state_dict(state)
+        reference.load_state_dict({k: v.double() if v.is_floating_point() else v for k, v in state.items()})
+        runs.clear()
+        model(x), model(x)  # new folded weights: their convs plan, the blocks plan, block by block
+        assert runs == []
+        model(x)
+        assert runs == [5]
+    _assert_matches_float64(model, reference, "reloaded weights", [x])
+
+
+def test_revert_restores_the_sequentials_own_forward(gen):
+    model = _efficientnet_stages()
+    optimize(model, executor="winograd", example_inputs=(torch.randn(2, 3, 48, 48, generator=gen),))
+    chained = [m for m in model.modules() if mbconv.CHAIN_ATTR in m.__dict__]
+    assert set(map(id, chained)) == {id(model), id(model[1]), id(model[2]), id(model[3])}
+    revert(model)
+    assert not any(mbconv.CHAIN_ATTR in m.__dict__ or "forward" in m.__dict__ for m in model.modules())
 
 
 @pytest.mark.parametrize("cache_mb", [None, 0.02, 1])
@@ -424,6 +514,7 @@ def test_a_block_of_mixed_forms_keeps_the_faster_of_one_call_and_four(winner, ge
         return winner, {}
 
     monkeypatch.setattr(mbconv, "fastest", fastest)
+    monkeypatch.setattr(mbconv.BlockChain, "forward", _unchained)  # each block called on its own
     runs = []
     real_run = mobile.MBConvCall.run
     monkeypatch.setattr(mobile.MBConvCall, "run", lambda self, *a: runs.append(1) or real_run(self, *a))
