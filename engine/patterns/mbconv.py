@@ -23,6 +23,7 @@ from collections import Counter
 
 import torch
 import torch.nn as nn
+import torch.nn.modules.module as module_hooks
 
 from .. import mobile
 from ..algebra import layer_bias
@@ -286,15 +287,16 @@ class Plan:
         steps, run, held = [], [], []
         for module, shape in zip(modules, shapes):
             unit = module.__dict__.get(UNIT_ATTR)
-            calls = unit.__dict__.get("_calls") if isinstance(unit, FusedMBConv) else None
-            if isinstance(unit, FusedMBConv) and unit.runs_c() and (calls is None or (shape, *rest) not in calls[1]):
-                return None
-            call = calls[1].get((shape, *rest)) if calls is not None else None
-            if call is not None and _runs_its_call(module, unit):
-                run.append((module, unit, calls[0], call, shape))
-                continue
-            if call is not None:
-                held.append((module, unit))  # one C call, but it must be seen: a module for now
+            if isinstance(unit, FusedMBConv) and not _runs_its_call(module, unit):
+                held.append((module, unit))  # a module while it must be seen (a hook, training mode)
+            elif isinstance(unit, FusedMBConv):
+                calls, key = unit.__dict__.get("_calls"), (shape, *rest)
+                if unit.runs_c() and (calls is None or key not in calls[1]):
+                    return None
+                call = calls[1][key] if calls is not None and key in calls[1] else None
+                if call is not None:  # one C call at this shape
+                    run.append((module, unit, calls[0], call, shape))
+                    continue
             if run:
                 steps.append(Run(run))
                 run = []
@@ -341,8 +343,7 @@ def _flatten(stage: nn.Sequential, into: list) -> list:
 
 def _global_hooks() -> bool:
     """Whether forward hooks for every module are registered (they must see each block's call)."""
-    from torch.nn.modules import module
-    return bool(module._global_forward_hooks or module._global_forward_pre_hooks)
+    return bool(module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks)
 
 
 class MBConvPattern:

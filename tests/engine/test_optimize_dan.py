@@ -114,6 +114,15 @@ def test_new_weights_after_optimize_are_followed(gen):
         model.cat_head2.sa.conv_3x3[0].weight.mul_(1.5)
         other.cat_head2.sa.conv_3x3[0].weight.mul_(1.5)
         assert_close(model(x)[0], other(x)[0], LOGITS_RTOL, "logits after an in-place update")
+        # a parameter replaced, and one's tensor swapped through `.data` (no version bump): followed
+        conv, twin = model.cat_head1.sa.conv1x1[0], other.cat_head1.sa.conv1x1[0]
+        conv.weight = nn.Parameter(conv.weight * 0.5)
+        twin.weight = nn.Parameter(twin.weight * 0.5)
+        assert_close(model(x)[0], other(x)[0], LOGITS_RTOL, "logits after a replaced parameter")
+        bn, twin = model.cat_head1.sa.conv_3x1[1], other.cat_head1.sa.conv_3x1[1]
+        bn.running_var.data = bn.running_var * 2
+        twin.running_var.data = twin.running_var * 2
+        assert_close(model(x)[0], other(x)[0], LOGITS_RTOL, "logits after a tensor swapped through .data")
 
 
 def test_train_mode_trains_the_original_parameters(gen):
