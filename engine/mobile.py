@@ -59,6 +59,7 @@ class MBConvCall:
                         "act_s": ACTIVATIONS[se.act][0], "wp": ptr(project.packed), "bp": ptr(project.bias)}
         self.expands = expand is not None
         self._layouts: dict[tuple, Layout] = {}
+        self.chained = False  # run inside an MBConvChain (engine/patterns/mbconv.py BlockChain)
 
     def layout(self, shape: tuple, residual: bool) -> Layout:
         """The record and map shapes at input `shape` (N×C×H×W), on this many threads."""

@@ -164,10 +164,8 @@ class FusedMBConv(MobileBlockUnit):
     def tally(self) -> dict:
         """How this block runs at each input shape the tuned (winograd) executor met."""
         calls = self.__dict__.get("_calls")
-        chained = set().union(*(s.__dict__[CHAIN_ATTR].chained for s in self.__dict__.get("stages", ())
-                                if CHAIN_ATTR in s.__dict__))
-        ways = Counter(("one C call with the blocks beside it" if (id(call), key) in chained
-                        else "one C call") if call is not None else "four calls"
+        ways = Counter(("one C call with the blocks beside it" if call.chained else "one C call")
+                       if call is not None else "four calls"
                        for key, call in (calls[1].items() if calls else ()) if key[1] == "winograd")
         return {"MBConv blocks": ways} if ways else {}
 
@@ -235,10 +233,9 @@ class BlockChain:
 
     def __init__(self):
         self.plans: dict[tuple, Plan] = {}
-        self.chained: set[tuple] = set()  # (id(block call), its key) run inside a chain: the report's tally
 
     def __getstate__(self):  # plans hold raw pointers into this copy's folded weights
-        return {"plans": {}, "chained": set()}
+        return {"plans": {}}
 
     def forward(self, stage: nn.Sequential, x):
         modules = tuple(_flatten(stage, []))
@@ -261,8 +258,6 @@ class BlockChain:
         plan = Plan.of(modules, shapes, key[1:])
         if plan is not None:
             self.plans[key] = plan
-            self.chained.update((id(call), (shape, *key[1:])) for run in plan.steps if isinstance(run, Run)
-                                for call, shape in run.calls)
         return x
 
 
@@ -317,7 +312,8 @@ class Run:
 
     def __init__(self, blocks: list[tuple]):
         self.checks = [(module, unit, folded) for module, unit, folded, _, _ in blocks]
-        self.calls = [(call, shape) for _, _, _, call, shape in blocks]
+        for _, _, _, call, _ in blocks:
+            call.chained = True  # the report's tally
         self.chain = MBConvChain([(call, module.use_res_connect) for module, _, _, call, _ in blocks], blocks[0][4])
 
     def ready(self) -> bool:
