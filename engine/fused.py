@@ -95,21 +95,29 @@ class FusedUnit:
                 return False
         return True
 
-    @torch.compiler.disable
-    def folded(self, device: torch.device) -> dict:
+    def _current(self, device: torch.device) -> dict | None:
+        """The cached folded weights if they were folded for `device`, in this mode, from the
+        covered tensors as they are now; else None."""
         cache = self._cache
         if cache is not None and cache[0] == (device, self.decomposed) and self._unchanged(cache[2]):
             return cache[1]
+        return None
+
+    @torch.compiler.disable
+    def folded(self, device: torch.device) -> dict:
+        weights = self._current(device)
+        if weights is not None:
+            return weights
         with _FOLD_LOCK:
-            cache = self._cache
-            if cache is None or cache[0] != (device, self.decomposed) or not self._unchanged(cache[2]):
+            weights = self._current(device)  # another thread may have folded them meanwhile
+            if weights is None:
                 sources = self._sources()  # before folding: a change made meanwhile is seen next call
                 with torch.no_grad():
                     # detached: `.to()` of an unchanged parameter returns the parameter itself
                     weights = {k: v.detach() if isinstance(v, torch.Tensor) else v
                                for k, v in self.fold(device).items()}
                 self._cache = (device, self.decomposed), weights, sources
-            return self._cache[1]
+            return weights
 
     def fold(self, device: torch.device) -> dict:
         """Derive the fused weights (on `device`) from the covered modules' current tensors."""
