@@ -211,6 +211,7 @@ class FusedMBConv(MobileBlockUnit):
 
 
 CHAIN_ATTR = "_ferfuse_chain"
+_CPU = torch.device("cpu")  # the device chained blocks run on (their folded weights' key)
 
 
 def chained_forward(self, x):
@@ -266,7 +267,7 @@ def _runs_its_call(module: nn.Module, unit: FusedMBConv) -> bool:
     fused, active, no hooks of its own, its forward the one the unit installed."""
     return (module.__dict__.get(UNIT_ATTR) is unit and not (module._forward_hooks or module._forward_pre_hooks)
             and getattr(module.__dict__.get("forward"), "__func__", None) is fused_forward
-            and unit.enabled and not module.training and not unit.decomposed)
+            and unit.active(module) and not unit.decomposed)
 
 
 class Plan:
@@ -288,7 +289,7 @@ class Plan:
                 calls, key = unit.__dict__.get("_calls"), (shape, *rest)
                 if unit.runs_c() and (calls is None or key not in calls[1]):
                     return None
-                call = calls[1][key] if calls is not None and key in calls[1] else None
+                call = calls[1].get(key) if calls is not None else None
                 if call is not None:  # one C call at this shape
                     run.append((module, unit, calls[0], call, shape))
                     continue
@@ -320,8 +321,7 @@ class Run:
         """Whether each block would run its planned C call now: as a module it would run its fused
         forward unseen, and its folded weights (checked as its own call checks them, rebuilt after
         a change) are those the chain points into."""
-        cpu = torch.device("cpu")
-        return all(_runs_its_call(module, unit) and unit.folded(cpu) is folded for module, unit, folded in self.checks)
+        return all(_runs_its_call(module, unit) and unit.folded(_CPU) is folded for module, unit, folded in self.checks)
 
 
 def _flatten(stage: nn.Sequential, into: list) -> list:
