@@ -320,6 +320,12 @@ def test_scratch_is_poisoned_like_torch_empty(poisoned_empty):
     assert scratch.scratch(0, (1, 2, 2, 2)).isnan().all()
 
 
+def _c_forms(monkeypatch):
+    """Every conv on ferfuse's C form wherever it can take one, in place of each shape's timed choice."""
+    monkeypatch.setattr(ConvRunner, "tuned_form", lambda self, x, act, residual, forms: next(
+        (f for f in ("gemm", "depthwise") if f in forms), None))
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_mbconv_intermediates_in_scratch_maps(threads, gen, poisoned_empty, monkeypatch):
     """EfficientNet's blocks with every 1×1 conv on ferfuse's GEMM and every depthwise conv on the
@@ -328,9 +334,7 @@ def test_mbconv_intermediates_in_scratch_maps(threads, gen, poisoned_empty, monk
     model = _efficientnet_stages()
     reference = copy.deepcopy(model).double()
     optimize(model, executor="winograd", example_inputs=(torch.randn(2, 3, 48, 48, generator=gen),), strict=True)
-    # the C forms wherever a conv can take them, in place of each shape's timed choice
-    monkeypatch.setattr(ConvRunner, "tuned_form", lambda self, x, act, residual, forms: next(
-        (f for f in ("gemm", "depthwise") if f in forms), None))
+    _c_forms(monkeypatch)
     inputs = [torch.randn(b, 3, 48, 48, generator=gen) for b in (3, 1, 3)]
     errors = []
 
@@ -404,8 +408,7 @@ def test_blocks_in_a_row_run_as_one_c_call_bit_identical_to_their_calls(batch, g
     the blocks called one by one, and the report says the blocks ran chained."""
     model = _efficientnet_stages()
     optimize(model, executor="winograd", example_inputs=(torch.randn(2, 3, 48, 48, generator=gen),), strict=True)
-    monkeypatch.setattr(ConvRunner, "tuned_form", lambda self, x, act, residual, forms: next(
-        (f for f in ("gemm", "depthwise") if f in forms), None))  # the C forms, in place of the timed choice
+    _c_forms(monkeypatch)
     x = torch.randn(batch, 3, 45, 37, generator=gen)
     runs = _chain_runs(monkeypatch)
     with torch.no_grad(), use_executor("winograd"):
@@ -480,8 +483,7 @@ def test_mbconv_block_in_sample_groups(cache_mb, gen, monkeypatch):
     model = _efficientnet_stages()
     reference = copy.deepcopy(model).double()
     optimize(model, executor="winograd", example_inputs=(torch.randn(2, 3, 48, 48, generator=gen),), strict=True)
-    monkeypatch.setattr(ConvRunner, "tuned_form", lambda self, x, act, residual, forms: next(
-        (f for f in ("gemm", "depthwise") if f in forms), None))
+    _c_forms(monkeypatch)
     monkeypatch.setattr(mobile, "LLC_BYTES", None if cache_mb is None else int(cache_mb * 2**20))
     x = torch.randn(5, 3, 48, 48, generator=gen)
     with use_executor("winograd"), torch.no_grad():
