@@ -29,7 +29,10 @@ class InputGuard:
         # one live parameter: `.to()` updates it in place, so a moved model is noticed
         self.probe = next((p for p in model.parameters() if p.is_floating_point()), None)
         self.dtype = self.probe.dtype if self.probe is not None else torch.float32
-        self.meta = copy.deepcopy(model).to("meta")  # the original forward, shapes only
+        # the original forward, shapes only, in eval mode: the guard checks eval-mode calls, and a
+        # model handed over in training mode (as every fresh nn.Module is) would fail the batch-1
+        # dry run in a BatchNorm1d ("Expected more than 1 value per channel when training")
+        self.meta = copy.deepcopy(model).to("meta").eval()
         self.known_shapes: set[tuple] = set()
         self.previous_forward = None
         # oneDNN's fused ReLU maps NaN to 0: such inputs take the original path to propagate exactly

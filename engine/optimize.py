@@ -1,4 +1,5 @@
 """optimize(): walk, match, swap, verify, report; revert()."""
+import contextlib
 import copy
 import warnings
 from dataclasses import dataclass
@@ -198,12 +199,16 @@ def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32"
                       stacklevel=2)
     entries = {id(u): _entry(u) for u in units}
     if verify and units:
-        _verify(model, reference, lowp, state, entries, example_inputs, device, strict)
+        with _in_eval_mode(model):
+            _verify(model, reference, lowp, state, entries, example_inputs, device, strict)
     rep.fused = [entries[id(u)] for u in state.units]
     if state.guard is not None and state.guard.nonfinite_to_original:
         spread = "; a Winograd tile spreads NaN over its outputs" if "winograd" in executors else ""
         rep.notes.append("inputs holding NaN or Inf run the original forward (oneDNN's fused ReLU would map "
                          f"NaN to 0{spread}); finite inputs run fused")
+    if model.training and state.units:  # a fresh nn.Module is in training mode: easy to forget
+        warnings.warn(f"ferfuse.optimize: {type(model).__name__} is in training mode, where it runs its original "
+                      "forward (the fused path runs in eval mode only): call .eval() before inference", stacklevel=2)
     return model
 
 
@@ -219,14 +224,19 @@ def _uninstall_unit(model, state: EngineState, unit: FusedUnit):
         state.guard = None
 
 
-def _run_eval(model, inputs):
-    was_training = model.training
+@contextlib.contextmanager
+def _in_eval_mode(model: nn.Module):
+    """Every module of `model` in eval mode inside, each module's own mode restored after. The
+    verification runs the live model (the fused path, and at fp32 the original path's baseline):
+    on a model handed over in training mode, as a fresh nn.Module is, it would otherwise compute
+    the baseline with batch statistics and overwrite BatchNorm's running statistics."""
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        with torch.no_grad():
-            return model(*inputs)
+        yield
     finally:
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
 
 
 def _over_budget(err: float, baseline: float, precision: str, form: str, logits: bool = False) -> tuple[float, bool]:
@@ -297,8 +307,8 @@ def _verify(model, reference, lowp, state: EngineState, entries, example_inputs,
     runners = [r for unit in state.units for r in unit.conv_runners(device)]
     # with every unit reverted this measures the plain model: its own error, within its budget
     for form in verification_forms(state.guard.choice.candidates, runners):
-        with use_executor(form):
-            logits = first_tensor(_run_eval(model, example_inputs))
+        with use_executor(form), torch.no_grad():
+            logits = first_tensor(model(*example_inputs))
         rep.verified_forms += (form,)
         abs_err, rel_err = errors(logits, ref_logits)
         allowed, over = _over_budget(rel_err, rep.logits_baseline, rep.precision, form, logits=True)

@@ -144,6 +144,34 @@ def test_train_mode_trains_the_original_parameters(gen):
         assert_close(model(x)[0], reference(x)[0], LOGITS_RTOL, "logits after a training step")
 
 
+def test_model_handed_over_in_training_mode(gen):
+    """A fresh nn.Module is in training mode, and users forget .eval(): optimize() with no
+    arguments still builds and verifies, in eval mode (its input dry run used to fail in the heads'
+    BatchNorm1d at batch 1, and its baseline run overwrote BatchNorm's running statistics), leaves
+    each module's mode and every tensor as it found them, warns that training mode runs the
+    original forward, and after .eval() the fused path runs."""
+    model = randomize_batchnorm(UpstreamDAN(num_head=4))
+    model.features[4].eval()  # a mixed-mode model: each module's own mode is kept
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert model.training
+    with pytest.warns(UserWarning, match="UpstreamDAN is in training mode"):
+        ferfuse.optimize(model)
+    # verification ran in eval mode: no BatchNorm's running statistics were overwritten
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.training and model.features[3].training and not model.features[4].training
+    assert not any(m.training for m in model.features[4].modules())
+    rep = ferfuse.report(model)
+    assert "dan_heads" in [e.pattern for e in rep.fused] and not rep.reverted
+    x = torch.randn(2, 3, 224, 224, generator=gen)
+    ref = _float64_logits(model, x)
+    model.eval()
+    with torch.no_grad():
+        assert_close(model(x)[0], ref, LOGITS_RTOL, "logits after .eval()")
+    assert tuple(x.shape) in rep.executor_by_shape  # the guarded, fused path ran
+    with torch.no_grad():
+        model(x[:1])  # batch 1 in eval mode: the guard's dry run passes the heads' BatchNorm1d
+
+
 def test_over_tolerance_unit_is_reverted_or_raises(monkeypatch):
     from ferfuse.engine.patterns.dan_heads import FusedDANHeads
 
