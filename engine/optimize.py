@@ -155,6 +155,12 @@ def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32"
     device = _device_of(model)
     backend = resolve_backend(backend, device)
     dtype, allow_tf32 = resolve_precision(precision, device)
+    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if weight is not None and weight.dtype != torch.float32 and precision in ("fp32", "tf32"):
+        # the fused path computes in float32 (its C kernels take float*): say so, rather than fail
+        # deep inside verification on a float32 example meeting float64 weights
+        raise TypeError(f"optimize() takes a float32 model at precision={precision!r}; this one's weights are "
+                        f"{weight.dtype}: call model.float() first")
     rep = Report(type(model).__name__, backend, precision, str(device))
     executors = resolve_executors(executor, device, backend, dtype, rep)
     rep.executors = executors

@@ -132,6 +132,13 @@ def test_repeated_calls_do_not_grow_memory(gen):
     assert grown < 16 * 2**20, f"resident memory grew by {grown / 2**20:.1f} MiB over 1000 calls"
 
 
+def test_a_float64_model_is_refused_clearly():
+    model = randomize_batchnorm(UpstreamDAN(num_head=1)).eval().double()
+    with pytest.raises(TypeError, match=r"takes a float32 model .* weights are torch.float64: call model.float\(\)"):
+        ferfuse.optimize(model)
+    assert not ferfuse.engine.is_optimized(model)
+
+
 def test_a_model_moved_after_optimize_says_so(gen):
     model = ferfuse.optimize(randomize_batchnorm(UpstreamDAN(num_head=1)).eval(), verify=False)
     model.double()
