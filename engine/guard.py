@@ -21,13 +21,18 @@ GUARD_ATTR = "_ferfuse_guard"
 PROBE_SIZES = (224, 112, 100, 96, 48)  # the usual FER input sizes, tried in this order
 
 
+def weight_probe(model: nn.Module) -> torch.Tensor | None:
+    """One live floating-point parameter of `model`, whose dtype is the model's weights' (None: it has none)."""
+    return next((p for p in model.parameters() if p.is_floating_point()), None)
+
+
 class InputGuard:
     def __init__(self, model: nn.Module, device: torch.device, nonfinite_to_original: bool = False):
         first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
         self.channels = first.in_channels if isinstance(first, nn.Conv2d) else None
         self.device = device
         # one live parameter: `.to()` updates it in place, so a moved model is noticed
-        self.probe = next((p for p in model.parameters() if p.is_floating_point()), None)
+        self.probe = weight_probe(model)
         self.dtype = self.probe.dtype if self.probe is not None else torch.float32
         # the original forward, shapes only, in eval mode: the guard checks eval-mode calls, and a
         # model handed over in training mode (as every fresh nn.Module is) would fail the batch-1

@@ -11,7 +11,7 @@ from ..kernels.compat import INTERPRET
 from . import winograd
 from .executors import EXECUTORS, ONEDNN_EXECUTORS, ExecutorChoice, onednn_available, use_executor, verification_forms
 from .fused import FusedUnit, original_path
-from .guard import InputGuard
+from .guard import InputGuard, weight_probe
 from .patterns import Skip, all_patterns, is_claimed
 from .report import FusedEntry, Report
 from .verify import allowed_error, budget, capture_inputs, errors, first_tensor, original_error, top1_agreement, working_precision
@@ -155,7 +155,7 @@ def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32"
     device = _device_of(model)
     backend = resolve_backend(backend, device)
     dtype, allow_tf32 = resolve_precision(precision, device)
-    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+    weight = weight_probe(model)  # the guard's view of the weights' dtype
     if weight is not None and weight.dtype != torch.float32 and precision in ("fp32", "tf32"):
         # the fused path computes in float32 (its C kernels take float*): say so, rather than fail
         # deep inside verification on a float32 example meeting float64 weights
