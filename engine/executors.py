@@ -143,6 +143,11 @@ class ExecutorChoice:
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        # a copy (torch.save then torch.load, perhaps on another CPU; deepcopy) times each shape
+        # again on its first call there: the choices belong to the machine that timed them. Cleared
+        # in place: the report holds these same dicts.
+        for table in (self.by_shape, self.timings, self.retimed, self._observed):
+            table.clear()
 
     @torch.compiler.disable
     def for_input(self, x: torch.Tensor, forward) -> str:
@@ -233,6 +238,14 @@ class ConvRunner:
         self._depthwise: depthwise.MixedDepthwise | None = None  # its tap table, made on first use
         self.chosen: dict[tuple, int | str | None] = {}  # input shape -> tuned form, for the report
         self._plans: dict[tuple, tuple] = {}  # call signature -> (form, engine): `run`
+
+    def __getstate__(self):
+        # a copy packs and tunes again on its first calls: oneDNN's packed layout and the timed
+        # forms belong to the CPU they were made on (AVX2 and AVX-512 pack differently), and the
+        # packs are caches of `weight` that would only swell a saved model
+        state = dict(self.__dict__)
+        state.update(_packed={}, _winograd={}, _gemm=None, _depthwise=None, chosen={}, _plans={})
+        return state
 
     @classmethod
     def like(cls, conv: nn.Conv2d, weight, bias) -> "ConvRunner":

@@ -8,8 +8,8 @@ and goes unseen: load weights with `load_state_dict` or in place under `torch.no
 install themselves by rebinding `forward` on the live modules (and their display names, so
 `print(model)` shows the swap); `uninstall` restores the class's forward.
 """
+import functools
 import threading
-import types
 
 import torch
 import torch.nn as nn
@@ -162,9 +162,9 @@ class FusedUnit:
     def rebind(self, module: nn.Module, forward=None, display_name: str | None = None):
         module.__dict__[UNIT_ATTR] = self
         if forward is not None:
-            module.forward = types.MethodType(forward, module)
+            module.forward = bind(forward, module)
         if display_name is not None:
-            module._get_name = types.MethodType(lambda _self, name=display_name: name, module)
+            module._get_name = functools.partial(str, display_name)  # what repr() prints for the module
         self._installed.append(module)
 
     def uninstall(self):
@@ -183,6 +183,19 @@ class FusedUnit:
         return list(self.covered)
 
 
+def bind(forward, module: nn.Module) -> functools.partial:
+    """`forward` bound to `module`, to install as the module's own `forward`: a functools.partial,
+    which pickles by reference to the function (torch.save of a whole optimised model), where a
+    method object bound to a function the class does not define pickles but cannot be loaded."""
+    return functools.partial(forward, module)
+
+
+def installed_forward(module: nn.Module):
+    """The function `bind` installed as `module`'s forward, or None."""
+    forward = module.__dict__.get("forward")
+    return forward.func if isinstance(forward, functools.partial) and forward.args and forward.args[0] is module else None
+
+
 def unit_of(module: nn.Module) -> FusedUnit:
     return module.__dict__[UNIT_ATTR]
 
@@ -195,4 +208,6 @@ def fused_forward(self, x):
     """The forward every unit installs: its fused computation while it is active (eval mode, not
     inside original_path), the module class's own forward otherwise."""
     unit = unit_of(self)
-    return unit.run(self, x) if unit.active(self) else original_forward(self, x)
+    # an empty batch has nothing to compute: the module's own forward gives eager's empty output
+    # (the C kernels size their work from the batch and divide by it)
+    return unit.run(self, x) if unit.active(self) and x.numel() else original_forward(self, x)

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from .executors import ExecutorChoice, selected_executor, use_executor
-from .fused import in_original_path, original_path
+from .fused import bind, in_original_path, original_path
 
 GUARD_ATTR = "_ferfuse_guard"
 PROBE_SIZES = (224, 112, 100, 96, 48)  # the usual FER input sizes, tried in this order
@@ -94,7 +94,7 @@ class InputGuard:
     def install(self, model: nn.Module):
         self.previous_forward = model.__dict__.get("forward")
         model.__dict__[GUARD_ATTR] = self
-        model.forward = types.MethodType(_guarded_forward, model)
+        model.forward = bind(_guarded_forward, model)
 
     def uninstall(self, model: nn.Module):
         model.__dict__.pop(GUARD_ATTR, None)
@@ -108,6 +108,9 @@ def _guarded_forward(self, x, *args, **kwargs):
     inner = guard.previous_forward or types.MethodType(type(self).forward, self)
     if not self.training and not torch.jit.is_tracing():  # a trace (ONNX export) records no checks
         guard.check(x)
+        if not x.numel():  # an empty batch (a frame without faces): eager's empty outputs, or its error
+            with original_path():
+                return inner(x, *args, **kwargs)
         # one reduction: any NaN or ±Inf makes the sum non-finite (an overflowing finite sum merely
         # takes the exact original path too)
         if guard.nonfinite_to_original and not bool(torch.isfinite(x.sum())):

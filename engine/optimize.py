@@ -1,6 +1,7 @@
 """optimize(): walk, match, swap, verify, report; revert()."""
 import contextlib
 import copy
+import functools
 import warnings
 from dataclasses import dataclass
 
@@ -134,6 +135,14 @@ def revert(model: nn.Module) -> nn.Module:
     return model
 
 
+def _conv_runners(state: EngineState) -> list:
+    return [r for unit in state.units for r in unit.conv_runners(None)]
+
+
+def _unit_tallies(state: EngineState) -> list:
+    return [unit.tally() for unit in state.units]
+
+
 def _entry(unit: FusedUnit) -> FusedEntry:
     return FusedEntry(unit.pattern, unit.names(), unit.backend)
 
@@ -193,8 +202,8 @@ def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32"
                              "(scaled_dot_product_attention), not fused by ferfuse")
     rep.notes += list(dict.fromkeys(n for unit in units for n in unit.notes(executors)))
     state = EngineState(units, rep)
-    rep.conv_runners = lambda: [r for unit in state.units for r in unit.conv_runners(None)]
-    rep.unit_tallies = lambda: [unit.tally() for unit in state.units]
+    rep.conv_runners = functools.partial(_conv_runners, state)
+    rep.unit_tallies = functools.partial(_unit_tallies, state)
     model.__dict__[STATE_ATTR] = state
     if units:
         guard.install(model)  # outermost: checks run before any fused unit launches a kernel

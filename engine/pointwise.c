@@ -196,6 +196,8 @@ static void block(const float *x, int64_t ldx, const float *wp, const float *bia
  * left one thread with 5 and the other 1 full block on a 14x14 map (blocks of 96, 96 and 4 pixels). */
 void gemm_groups(const float *x, int64_t ldx, const float *wp, const float *bias, const float *res, float *y,
                  int64_t ldy, int64_t M, int K, int N, int G, int act, int threads) {
+    if (M <= 0 || N <= 0 || G <= 0)  /* no output: nothing to do (and no blocks to divide the pixels into) */
+        return;
     int panels = (N + NR - 1) / NR;
     int64_t mblocks = (M + MC - 1) / MC;
     int64_t mc = ((M + mblocks - 1) / mblocks + MR - 1) / MR * MR;  /* equal blocks, whole tiles */

@@ -29,6 +29,12 @@ def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return (out - ref).norm().item() / (denom if denom > 0 else 1.0)
 
 
+def fp32_budget(fp32: torch.Tensor, f64: torch.Tensor) -> float:
+    """The relative error a fused path may have against float64: 4× the original fp32 path's own
+    on the same input, plus a floor for outputs fp32 computes all but exactly."""
+    return 4 * rel_error(fp32, f64) + 1e-6
+
+
 def assert_close(out: torch.Tensor, ref: torch.Tensor, rtol: float, what: str = "output"):
     """Relative-norm comparison that, on failure, says how many elements are off, where, and
     counts NaN and Inf separately (FlagGems style). NaN never passes unless the reference has it

@@ -18,7 +18,6 @@ Python between them; and the nn.Sequentials holding the blocks (stages, the trun
 that are one C call back to back in one call (BlockChain). On aten (and CUDA, and export) the same
 folded weights run as torch ops.
 """
-import types
 from collections import Counter
 
 import torch
@@ -29,7 +28,7 @@ from .. import mobile
 from ..algebra import layer_bias
 from ..depthwise import ACTIVATIONS, SqueezeExcite
 from ..executors import FORCED_FORM, fastest
-from ..fused import UNIT_ATTR, fused_forward, in_original_path, original_forward
+from ..fused import UNIT_ATTR, bind, fused_forward, installed_forward, in_original_path, original_forward
 from ..mobile import MBConvCall, MBConvChain
 from .conv_bn import FUSABLE_ACTIVATIONS, foldable_reason, folded_conv
 from . import find_modules
@@ -151,7 +150,7 @@ class FusedMBConv(MobileBlockUnit):
         while name and type(parent := model.get_submodule(name := name.rpartition(".")[0])) is nn.Sequential:
             if CHAIN_ATTR not in parent.__dict__:
                 parent.__dict__[CHAIN_ATTR] = BlockChain()
-                parent.forward = types.MethodType(chained_forward, parent)
+                parent.forward = bind(chained_forward, parent)
             self.stages.append(parent)
 
     def uninstall(self):
@@ -215,8 +214,9 @@ _CPU = torch.device("cpu")  # the device chained blocks run on (their folded wei
 
 
 def chained_forward(self, x):
-    """The forward of an nn.Sequential holding fused MBConv blocks (BlockChain.forward)."""
-    return self.__dict__[CHAIN_ATTR].forward(self, x)
+    """The forward of an nn.Sequential holding fused MBConv blocks (BlockChain.forward); an empty
+    batch goes through the blocks one by one (fused_forward gives each its own forward)."""
+    return self.__dict__[CHAIN_ATTR].forward(self, x) if x.numel() else original_forward(self, x)
 
 
 class BlockChain:
@@ -266,7 +266,7 @@ def _runs_its_call(module: nn.Module, unit: FusedMBConv) -> bool:
     """Whether a fused block, called as a module now, would run its fused forward unseen: still
     fused, active, no hooks of its own, its forward the one the unit installed."""
     return (module.__dict__.get(UNIT_ATTR) is unit and not (module._forward_hooks or module._forward_pre_hooks)
-            and getattr(module.__dict__.get("forward"), "__func__", None) is fused_forward
+            and installed_forward(module) is fused_forward
             and unit.active(module) and not unit.decomposed)
 
 
@@ -328,9 +328,8 @@ def _flatten(stage: nn.Sequential, into: list) -> list:
     """The modules `stage` runs, in order, looking through nested nn.Sequentials that run as
     plain ones (no hooks, their forward nn.Sequential's own or a BlockChain's)."""
     for child in stage._modules.values():
-        forward = child.__dict__.get("forward")
         if type(child) is nn.Sequential and not (child._forward_hooks or child._forward_pre_hooks) and (
-                forward is None or getattr(forward, "__func__", None) is chained_forward):
+                "forward" not in child.__dict__ or installed_forward(child) is chained_forward):
             _flatten(child, into)
         else:
             into.append(child)

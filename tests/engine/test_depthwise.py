@@ -21,14 +21,10 @@ from ferfuse.engine.depthwise import ACTIVATIONS, CoordinateAttention, MixedDept
 from ferfuse.engine.patterns import mbconv, mix_depthwise
 from ferfuse.models import randomize_batchnorm
 from ferfuse.models.mixed_feature_net import Conv_block, CoordAtt, Mix_Depth_Wise
-from helpers import assert_close, rel_error
+from helpers import assert_close, fp32_budget, rel_error
 
 pytestmark = pytest.mark.skipif(depthwise.LIBRARY.unavailable_reason() is not None,
                                 reason=f"depthwise C kernels not built: {depthwise.LIBRARY.unavailable_reason()}")
-
-
-def _budget(fp32: torch.Tensor, f64: torch.Tensor) -> float:
-    return 4 * rel_error(fp32, f64) + 1e-6
 
 
 def _mixed_reference(x, kernels, bias, stride, prelu):
@@ -76,8 +72,8 @@ def test_mixed_depthwise_matches_float64(case, gen, poisoned_empty):
     assert op.out_size(h, w) == tuple(expected.shape[2:])
     got = op.run_c(x.clone().contiguous(memory_format=torch.channels_last))
     assert got.is_contiguous(memory_format=torch.channels_last)
-    assert_close(got, expected, _budget(fp32, expected), "C mixed depthwise")
-    assert_close(op.run_torch(x), expected, _budget(fp32, expected), "torch mixed depthwise")
+    assert_close(got, expected, fp32_budget(fp32, expected), "C mixed depthwise")
+    assert_close(op.run_torch(x), expected, fp32_budget(fp32, expected), "torch mixed depthwise")
 
 
 @pytest.mark.parametrize("act", ["silu", "relu", "hard_swish"])
@@ -90,7 +86,7 @@ def test_depthwise_activation_epilogue_matches_float64(case, act, gen, poisoned_
     expected = ACTIVATIONS[act][1](_mixed_reference(x.double(), [kernel], bias, stride, None))
     fp32 = ACTIVATIONS[act][1](_mixed_reference(x, [kernel], bias, stride, None))
     got = MixedDepthwise([kernel], bias, stride).run_c(x.contiguous(memory_format=torch.channels_last), act)
-    assert_close(got, expected, _budget(fp32, expected), f"C depthwise + {act}")
+    assert_close(got, expected, fp32_budget(fp32, expected), f"C depthwise + {act}")
 
 
 @pytest.mark.parametrize("act", [None, "silu", "relu"])
@@ -133,7 +129,7 @@ def test_depthwise_form_of_a_folded_conv(gen, poisoned_empty):
     expected = F.silu(F.conv2d(x.double(), weight.double(), bias.double(), 2, 2, 1, 24))
     fp32 = F.silu(F.conv2d(x, weight, bias, 2, 2, 1, 24))
     for executor in ("depthwise", "winograd", "onednn"):
-        assert_close(runner.run(x, act="silu", executor=executor), expected, _budget(fp32, expected), executor)
+        assert_close(runner.run(x, act="silu", executor=executor), expected, fp32_budget(fp32, expected), executor)
     for args in [((3, 3), (2, 2), (1, 1), 24), ((1, 1), (4, 4), (2, 2), 24)]:
         assert not ConvRunner(weight, bias, *args).can_take("depthwise")
     assert not ConvRunner(torch.randn(24, 1, 3, 3), None, (1, 1), (1, 1), (1, 1), 12).can_take("depthwise")
@@ -147,7 +143,7 @@ def test_mixed_depthwise_takes_any_layout_without_touching_a_copy(gen):
     x = torch.randn(2, 8, 10, 12, generator=gen)[:, :, 1:, 2:]  # a slice: neither layout
     before = x.clone()
     expected = _mixed_reference(x.double(), kernels, None, 1, prelu)
-    assert_close(op.run_c(x), expected, _budget(_mixed_reference(x, kernels, None, 1, prelu), expected))
+    assert_close(op.run_c(x), expected, fp32_budget(_mixed_reference(x, kernels, None, 1, prelu), expected))
     assert torch.equal(x, before)
 
 
@@ -172,7 +168,7 @@ def test_coordinate_attention_matches_float64(shape, gen, poisoned_empty):
         expected = copy.deepcopy(ca).double()(y.double())
         fp32 = ca(y)
     gate = _folded_gate(ca)
-    tol = _budget(fp32, expected)
+    tol = fp32_budget(fp32, expected)
     assert_close(gate.run_c(y.clone().contiguous(memory_format=torch.channels_last)), expected, tol, "C coordinate attention")
     assert_close(gate.run_torch(y), expected, tol, "torch coordinate attention")
 
@@ -192,7 +188,7 @@ def test_squeeze_excite_matches_float64(shape, act, gen, poisoned_empty):
 
     expected, fp32 = reference(y, torch.float64), reference(y, torch.float32)
     gate = SqueezeExcite(w1, b1, w2, b2, act)
-    tol = _budget(fp32, expected)
+    tol = fp32_budget(fp32, expected)
     assert_close(gate.run_c(y.clone().contiguous(memory_format=torch.channels_last)), expected, tol, "C squeeze-excite")
     assert_close(gate.run_torch(y), expected, tol, "torch squeeze-excite")
     with pytest.raises(ValueError, match="channels-last"):
@@ -206,7 +202,7 @@ def _assert_matches_float64(model, reference, what, inputs):
             expected = reference(x.double())
             fp32 = copy.deepcopy(reference).float()(x)
             got = model(x)
-        assert_close(got, expected, _budget(fp32, expected), f"{what} at {tuple(x.shape)}")
+        assert_close(got, expected, fp32_budget(fp32, expected), f"{what} at {tuple(x.shape)}")
 
 
 def _trunk():

@@ -15,14 +15,10 @@ from ferfuse.engine.patterns import transformer
 from ferfuse.kernels.cbam import cbam_reference
 from ferfuse.models import randomize_batchnorm
 from ferfuse.models.hafem import CBAM
-from helpers import assert_close, rel_error
+from helpers import assert_close, fp32_budget
 
 pytestmark = pytest.mark.skipif(depthwise.LIBRARY.unavailable_reason() is not None,
                                 reason=f"C kernels not built: {depthwise.LIBRARY.unavailable_reason()}")
-
-
-def _budget(fp32: torch.Tensor, f64: torch.Tensor) -> float:
-    return 4 * rel_error(fp32, f64) + 1e-6
 
 
 @pytest.mark.parametrize("shape, hidden, k, bias", [((1, 2048, 7, 7), 128, 7, False), ((3, 70, 5, 9), 5, 3, True),
@@ -46,7 +42,7 @@ def test_cbam_c_pass_matches_float64(shape, hidden, k, bias, layout, gen, poison
     expected = reference(torch.float64)
     got = CBAMGate(w1, b1, w2, b2, sw, sb).run_c(x)
     assert got.is_contiguous(memory_format=torch.channels_last)
-    assert_close(got, expected, _budget(reference(torch.float32), expected), "C CBAM")
+    assert_close(got, expected, fp32_budget(reference(torch.float32), expected), "C CBAM")
     assert torch.equal(x, before)  # its input is left as it is
 
 
@@ -99,7 +95,7 @@ def test_head_matches_float64_at_every_batch(norm_first, batch_first, activation
               torch.randn(3, 3, 28, 28, generator=gen).contiguous(memory_format=torch.channels_last)):
         with torch.no_grad():
             expected, fp32, got = reference(x.double()), copy.deepcopy(reference).float()(x), model(x)
-        assert_close(got, expected, _budget(fp32, expected), f"head at {tuple(x.shape)}")
+        assert_close(got, expected, fp32_budget(fp32, expected), f"head at {tuple(x.shape)}")
     calls = []  # the C CBAM pass and the fused layer really run: each once a forward
     attend, cbam_c = transformer.FusedTransformerLayer.attend, CBAMGate.run_c
     monkeypatch.setattr(transformer.FusedTransformerLayer, "attend", lambda *a: calls.append("attend") or attend(*a))

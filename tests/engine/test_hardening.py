@@ -1,5 +1,8 @@
 """An optimised model refuses bad input clearly and before any kernel runs, propagates NaN/Inf as
-the reference does, answers alike from several threads, and does not grow memory over calls."""
+the reference does, answers an empty batch as the original does, answers alike from several
+threads, does not grow memory over calls, and saves and loads whole."""
+import copy
+import io
 import threading
 
 import pytest
@@ -9,7 +12,7 @@ import torch.nn as nn
 import ferfuse
 from ferfuse import models
 from ferfuse.models import randomize_batchnorm
-from helpers import UpstreamDAN
+from helpers import UpstreamDAN, assert_close, fp32_budget
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +152,72 @@ def test_a_model_moved_after_optimize_says_so(gen):
     ferfuse.optimize(model, verify=False)  # re-optimising is the remedy
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 64, generator=gen))[0].shape == (1, 7)
+
+
+def _efficientnet_stages():
+    """torchvision's EfficientNet-B0 stem and first two stages: MBConv blocks (one C call each,
+    chained) with and without an expand conv, stride 1 and 2."""
+    import torchvision
+
+    return randomize_batchnorm(torchvision.models.efficientnet_b0(weights=None).features[:3], seed=5).eval()
+
+
+def _tensors(out) -> list[torch.Tensor]:
+    """A model's output as a flat list (MHAN returns logits, features and a list of head maps)."""
+    return [t for o in out for t in _tensors(o)] if isinstance(out, (tuple, list)) else [out]
+
+
+def _outputs(model, x) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return _tensors(model(x))
+
+
+def test_an_empty_batch_answers_as_the_original(gen):
+    """A frame without faces makes a batch of 0: before, the C kernels divided by its size (MHAN
+    killed the process with SIGFPE, HAFEM raised ZeroDivisionError)."""
+    stages = _efficientnet_stages()
+    for original, size in [(stages, 64), (models.mhan().eval(), 112)]:
+        optimised = ferfuse.optimize(copy.deepcopy(original), example_inputs=(torch.randn(2, 3, size, size, generator=gen),))
+        assert ferfuse.engine.report(optimised).fused
+        empty = torch.randn(0, 3, size, size)
+        expected, got = _outputs(original, empty), _outputs(optimised, empty)
+        assert [t.shape for t in got] == [t.shape for t in expected] and all(t.numel() == 0 for t in got)
+    with torch.no_grad():  # a chained stage called on its own, past the model's guard
+        chained = ferfuse.optimize(copy.deepcopy(stages), example_inputs=(torch.randn(2, 3, 64, 64, generator=gen),))
+        assert chained[2](torch.randn(0, 16, 32, 32)).shape == (0, 24, 16, 16)
+        from ferfuse.engine.pointwise import PointwiseConv
+        assert PointwiseConv(torch.randn(16, 8), None).run(torch.randn(0, 8, 5, 5)).shape == (0, 16, 5, 5)
+    # where the original forward cannot take an empty batch (DAN's reshape), the same error
+    dan = randomize_batchnorm(UpstreamDAN(num_head=2), seed=3).eval()
+    with pytest.raises(RuntimeError) as eager:
+        _outputs(dan, torch.randn(0, 3, 112, 112))
+    ferfuse.optimize(dan, example_inputs=(torch.randn(2, 3, 112, 112, generator=gen),))
+    with pytest.raises(RuntimeError) as fused:
+        _outputs(dan, torch.randn(0, 3, 112, 112))
+    assert str(fused.value) == str(eager.value)
+
+
+def test_an_optimised_model_saves_and_loads_whole(gen):
+    """torch.save(model) of an optimised model: before, pickling failed on the report's lambdas
+    and the loaded forwards could not be bound again. What is saved is the weights and the fused
+    structure; packed weights, plans and timed choices are caches the loaded copy makes again on
+    its own CPU."""
+    for original, size in [(_efficientnet_stages(), 64), (randomize_batchnorm(UpstreamDAN(num_head=2), seed=4).eval(), 112)]:
+        reference = copy.deepcopy(original).double()
+        optimised = ferfuse.optimize(copy.deepcopy(original), example_inputs=(torch.randn(2, 3, size, size, generator=gen),))
+        x = torch.randn(3, 3, size, size, generator=gen)
+        _outputs(optimised, x)  # packs, plans and timings at this shape
+        buffer = io.BytesIO()
+        torch.save(optimised, buffer)
+        weights = sum(t.numel() * t.element_size() for t in original.state_dict().values())
+        assert buffer.tell() < 1.02 * weights + 2**20, f"{buffer.tell()} bytes saved for {weights} of weights"
+        buffer.seek(0)
+        loaded = torch.load(buffer, weights_only=False)
+        rep = ferfuse.engine.report(loaded)
+        assert ferfuse.engine.is_optimized(loaded) and rep.fused == ferfuse.engine.report(optimised).fused
+        assert not rep.executor_by_shape  # timed again on this machine's first call
+        for got, fp32, expected in zip(_outputs(loaded, x), _outputs(original, x), _outputs(reference, x.double())):
+            assert_close(got, expected, fp32_budget(fp32, expected), f"{type(original).__name__} loaded")
+        assert tuple(x.shape) in rep.executor_by_shape
+        assert loaded.state_dict().keys() == original.state_dict().keys()
+
