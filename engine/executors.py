@@ -205,7 +205,8 @@ def pack_for_shape(cache: dict, shape: tuple, pack) -> torch.Tensor:
     stream of ever-new batch sizes costs repacking, not unbounded memory."""
     packed = cache.get(shape)
     if packed is None:
-        packed = pack()
+        with torch.inference_mode(False):  # kept past this call: an ordinary tensor (fused.py folded)
+            packed = pack()
         while len(cache) >= PACKED_SHAPES:
             cache.pop(next(iter(cache)), None)  # a racing thread may have dropped it already
         cache[shape] = packed  # a racing thread packs an equal tensor: harmless

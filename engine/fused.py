@@ -112,7 +112,10 @@ class FusedUnit:
             weights = self._current(device)  # another thread may have folded them meanwhile
             if weights is None:
                 sources = self._sources()  # before folding: a change made meanwhile is seen next call
-                with torch.no_grad():
+                # ordinary tensors even on a call under torch.inference_mode: an inference tensor
+                # cannot meet autograd, and a later call with grad enabled runs the heads' autograd
+                # form on these weights
+                with torch.inference_mode(False), torch.no_grad():
                     # detached: `.to()` of an unchanged parameter returns the parameter itself
                     weights = {k: v.detach() if isinstance(v, torch.Tensor) else v
                                for k, v in self.fold(device).items()}

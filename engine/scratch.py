@@ -32,7 +32,8 @@ def scratch(slot: int, shape: tuple[int, int, int, int]) -> torch.Tensor:
         numel = math.prod(shape)
         if flat is None or flat.numel() < numel:
             flat = views = buffers[slot] = None  # the smaller one is freed before the larger is allocated
-            flat, views = buffers[slot] = torch.empty(numel), {}
+            with torch.inference_mode(False):  # reused by later calls, in any mode (fused.py folded)
+                flat, views = buffers[slot] = torch.empty(numel), {}
         # the views are kept too: the same shapes recur on every call
         view = views[shape] = flat.as_strided((n, c, h, w), (h * w * c, 1, w * c, c))
     if torch.utils.deterministic.fill_uninitialized_memory and torch.are_deterministic_algorithms_enabled():

@@ -221,3 +221,20 @@ def test_an_optimised_model_saves_and_loads_whole(gen):
         assert tuple(x.shape) in rep.executor_by_shape
         assert loaded.state_dict().keys() == original.state_dict().keys()
 
+
+def test_calls_after_one_under_inference_mode(gen):
+    """Folded weights made on a call under torch.inference_mode were inference tensors, and a later
+    call with grad enabled (a script without no_grad: MHAN's heads then run their autograd form on
+    them) raised "Inference tensors cannot be saved for backward"."""
+    for original, size in [(models.mhan().eval(), 112), (randomize_batchnorm(UpstreamDAN(num_head=2), seed=6).eval(), 112)]:
+        reference = copy.deepcopy(original).double()
+        model = ferfuse.optimize(copy.deepcopy(original), example_inputs=(torch.randn(2, 3, size, size, generator=gen),))
+        model.load_state_dict(model.state_dict())  # new versions: the next call folds again
+        x = torch.randn(2, 3, size, size, generator=gen)
+        expected, fp32 = _outputs(reference, x.double())[0], _outputs(original, x)[0]
+        with torch.inference_mode():
+            got = [model(x)[0]]
+        got.append(_outputs(model, x)[0])
+        got.append(model(x)[0].detach())  # grad enabled
+        for mode, out in zip(("inference_mode", "no_grad", "grad enabled"), got):
+            assert_close(out, expected, fp32_budget(fp32, expected), f"{type(original).__name__} under {mode}")
