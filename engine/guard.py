@@ -108,7 +108,12 @@ def _guarded_forward(self, x, *args, **kwargs):
     inner = guard.previous_forward or types.MethodType(type(self).forward, self)
     if not self.training and not torch.jit.is_tracing():  # a trace (ONNX export) records no checks
         guard.check(x)
-        if not x.numel():  # an empty batch (a frame without faces): eager's empty outputs, or its error
+        # the whole original forward for an empty batch (a frame without faces: eager's empty
+        # outputs, or its error) and for an input autograd must differentiate through (a saliency
+        # map: the fused kernels have no backward). Not for grad-enabled calls on an input that
+        # needs no gradient: a script without no_grad() keeps the fused path, as units downstream
+        # of a layer with trainable weights would otherwise all see inputs requiring grad
+        if not x.numel() or (x.requires_grad and torch.is_grad_enabled()):
             with original_path():
                 return inner(x, *args, **kwargs)
         # one reduction: any NaN or ±Inf makes the sum non-finite (an overflowing finite sum merely
@@ -117,7 +122,7 @@ def _guarded_forward(self, x, *args, **kwargs):
             with original_path():
                 return inner(x, *args, **kwargs)
         if guard.choice is not None and selected_executor() is None and not in_original_path() \
-                and not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and x.requires_grad):
+                and not torch.compiler.is_compiling():
             executor = guard.choice.for_input(x, lambda t: _no_grad(inner, t, *args, **kwargs))
             t0 = time.perf_counter()
             with use_executor(executor):

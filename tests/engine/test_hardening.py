@@ -238,3 +238,25 @@ def test_calls_after_one_under_inference_mode(gen):
         got.append(model(x)[0].detach())  # grad enabled
         for mode, out in zip(("inference_mode", "no_grad", "grad enabled"), got):
             assert_close(out, expected, fp32_budget(fp32, expected), f"{type(original).__name__} under {mode}")
+
+
+def test_a_gradient_through_the_input_is_the_original_one(gen, monkeypatch):
+    """A saliency map asks autograd for d logits / d input: the guard gives such an input the whole
+    original forward. Before, the folded convolutions (no backward) ran on it and the gradient was
+    lost without a word (input.grad None after backward). A grad-enabled call on an input that
+    needs no gradient (a script without no_grad) keeps the fused path."""
+    from ferfuse.engine.patterns.conv_bn import FoldedConvBN
+    for original, size in [(_efficientnet_stages(), 64), (randomize_batchnorm(UpstreamDAN(num_head=2), seed=2).eval(), 112)]:
+        model = ferfuse.optimize(copy.deepcopy(original), example_inputs=(torch.randn(2, 3, size, size, generator=gen),))
+        x = torch.randn(2, 3, size, size, generator=gen)
+        grads = []
+        for m in (original, model):
+            leaf = x.clone().requires_grad_()
+            _tensors(m(leaf))[0].square().sum().backward()
+            grads.append(leaf.grad)
+        assert grads[1] is not None and torch.equal(grads[0], grads[1])
+        runs = []
+        monkeypatch.setattr(FoldedConvBN, "forward", lambda self, t, f=FoldedConvBN.forward: runs.append(1) or f(self, t))
+        model(x)  # grad enabled, x needs none
+        monkeypatch.undo()
+        assert runs, "a grad-enabled call on an input that needs no gradient left the fused path"
