@@ -119,7 +119,9 @@ def attention_maps(model: nn.Module, images: torch.Tensor) -> torch.Tensor | Non
     fused path (DAN's and MACA-Net's heads), or None when no active unit computes any."""
     state = model.__dict__.get(STATE_ATTR)
     for unit in state.units if state is not None else ():
-        if hasattr(unit, "attention_maps") and unit.active(model):
+        # a network inside the model (a wrapper's) takes other inputs than `images`: its maps are
+        # read off its modules by the caller (pipeline/explain.py)
+        if hasattr(unit, "attention_maps") and not unit.owner and unit.active(model):
             return unit.attention_maps(model, images)
     return None
 

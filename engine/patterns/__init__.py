@@ -19,6 +19,27 @@ def is_claimed(name: str, claimed: set[str]) -> bool:
     return any(name == c or name.startswith(c + ".") for c in claimed)
 
 
+def qualified(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def find_networks(model, claimed: set[str], find_in) -> list:
+    """A whole-network structure (attention heads over a `features` trunk: DAN's, MACA-Net's,
+    MHAN's) where it sits: the model itself, or a module inside it (a wrapper that normalises the
+    image first, a LightningModule holding the network). `find_in(network, prefix, claimed)` gives
+    the units and Skips of one candidate, their module names qualified with `prefix`."""
+    found, taken = [], set(claimed)
+    for prefix, network in model.named_modules():
+        if prefix and is_claimed(prefix, taken):
+            continue
+        items = find_in(network, prefix, taken)
+        for item in items:
+            if not isinstance(item, Skip):
+                taken.update(item.names())
+        found += items
+    return found
+
+
 def find_modules(pattern: str, model, claimed: set[str], is_candidate, reason, unit_class, **kw) -> list:
     """Every unclaimed submodule (the root excluded) that looks like the structure (`is_candidate`):
     a fused unit `unit_class(name, module, **kw)`, or a Skip with `reason(module)` where it gives one."""

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from ...kernels.head_fusion import BLOCK_C_MAX, MAX_HEADS, dan_head_fusion
 from ..fused import FusedUnit, original_forward
-from . import Skip, is_claimed
+from . import Skip, find_networks, is_claimed, qualified
 from .spatial_unit import (BRANCHES, classifier_reason, fold_classifier, fold_se_mlps, fold_spatial_units,
                            se_mlp_reason, spatial_maps, spatial_unit_reason)
 
@@ -39,9 +39,10 @@ class FusedDANHeads(FusedUnit):
     pattern = "dan_heads"
     gated = False  # the maps are the ReLU'd multi-scale sums (MACA-Net: a sigmoid gate over them)
 
-    def __init__(self, heads: dict[str, nn.Module], fc, bn, **kw):
-        covered = {**heads, "fc": fc, **({"bn": bn} if bn is not None else {})}
+    def __init__(self, heads: dict[str, nn.Module], fc, bn, owner: str = "", **kw):
+        covered = {**heads, qualified(owner, "fc"): fc, **({qualified(owner, "bn"): bn} if bn is not None else {})}
         super().__init__(covered, **kw)
+        self.owner = owner  # the network's name in the model optimised ("" for the model itself)
         self.heads = list(heads.values())
         self.num_heads = len(self.heads)
         self.fc, self.bn = fc, bn
@@ -92,15 +93,17 @@ class FusedDANHeads(FusedUnit):
         return logits, features, heads
 
     def install(self, model):
-        self.install_forward(model, f"{model._get_name()}[ferfuse]")
+        network = model.get_submodule(self.owner)
+        self.install_forward(network, f"{network._get_name()}[ferfuse]")
         for head in self.heads:
             self.rebind(head, None, f"{head._get_name()}[fused: {self.pattern}]")  # display only
 
 
-def find_heads(model, claimed, pattern, reason_fn):
-    """The model's head children by `reason_fn`: (heads, skips). Heads fuse together or not at all."""
-    candidates = [(n, m) for n, m in model.named_children()
-                  if (hasattr(m, "sa") or hasattr(m, "ca")) and not is_claimed(n, claimed)]
+def find_heads(model, claimed, pattern, reason_fn, prefix: str = ""):
+    """The model's head children by `reason_fn`, named from the root `prefix` is the model's name
+    in: (heads, skips). Heads fuse together or not at all."""
+    candidates = [(name, m) for n, m in model.named_children()
+                  if (hasattr(m, "sa") or hasattr(m, "ca")) and not is_claimed(name := qualified(prefix, n), claimed)]
     heads, skips = {}, []
     for name, head in candidates:
         reason = reason_fn(head)
@@ -133,9 +136,13 @@ class DANHeadsPattern:
         return True
 
     def find(self, model: nn.Module, claimed: set[str], **kw):
+        return find_networks(model, claimed, lambda network, prefix, taken: self.find_in(network, prefix, taken, **kw))
+
+    def find_in(self, model: nn.Module, prefix: str, claimed: set[str], **kw):
+        """The heads of `model` (named `prefix` in the model optimised), if it is a DAN-shaped network."""
         if not self.applies(model):
             return []
-        heads, skips = find_heads(model, claimed, self.name, self.head_reason)
+        heads, skips = find_heads(model, claimed, self.name, self.head_reason, prefix)
         if not heads:
             return skips
         channels = next(iter(heads.values())).sa.conv1x1[0].in_channels
@@ -145,4 +152,4 @@ class DANHeadsPattern:
                       f"channels in registers, at most {BLOCK_C_MAX} channels and {MAX_HEADS} heads")
         if reason:
             return [Skip(self.name, ", ".join(heads), reason)]
-        return [self.unit_class(heads, model.fc, getattr(model, "bn", None), **kw)]
+        return [self.unit_class(heads, model.fc, getattr(model, "bn", None), owner=prefix, **kw)]

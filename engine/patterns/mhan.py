@@ -20,7 +20,7 @@ from ...kernels.ela import ela as ela_op
 from ...kernels.mhan_heads import NAMES as MHAN_HEADS_ARGS, mhan_heads
 from ..algebra import fold_batchnorm, layer_bias
 from ..fused import FusedUnit, original_forward
-from . import Skip, is_claimed
+from . import Skip, find_networks, is_claimed, qualified
 
 
 def _linear_block_reason(block, name, groups, kernel) -> str | None:
@@ -76,8 +76,10 @@ def ela_reason(ela) -> str | None:
 class FusedMHAN(FusedUnit):
     pattern = "mhan_attention"
 
-    def __init__(self, ela, heads: dict, linear, fc, **kw):
-        super().__init__({"ela": ela, **heads, "Linear": linear, "fc": fc}, **kw)
+    def __init__(self, ela, heads: dict, linear, fc, owner: str = "", **kw):
+        super().__init__({qualified(owner, "ela"): ela, **heads, qualified(owner, "Linear"): linear,
+                          qualified(owner, "fc"): fc}, **kw)
+        self.owner = owner  # the network's name in the model optimised ("" for the model itself)
         self.ela, self.heads, self.linear, self.fc = ela, [m.SEDDAHead for m in heads.values()], linear, fc
         self.num_heads = len(self.heads)
         self.channels = linear.conv.in_channels
@@ -137,9 +139,10 @@ class FusedMHAN(FusedUnit):
         return self.forward(model.features(x))
 
     def install(self, model):
-        self.install_forward(model, f"{model._get_name()}[ferfuse]")
+        network = model.get_submodule(self.owner)
+        self.install_forward(network, f"{network._get_name()}[ferfuse]")
         for name, module in self.covered.items():
-            if name.startswith("cat_head") or name == "ela":
+            if (name := name.rpartition(".")[2]).startswith("cat_head") or name == "ela":
                 self.rebind(module, None, f"{module._get_name()}[fused: {self.pattern}]")
 
 
@@ -147,7 +150,12 @@ class MHANPattern:
     name = "mhan_attention"
 
     def find(self, model: nn.Module, claimed: set[str], **kw):
-        heads = {n: m for n, m in model.named_children() if hasattr(m, "SEDDAHead") and not is_claimed(n, claimed)}
+        return find_networks(model, claimed, lambda network, prefix, taken: self.find_in(network, prefix, taken, **kw))
+
+    def find_in(self, model: nn.Module, prefix: str, claimed: set[str], **kw):
+        """The attention of `model` (named `prefix` in the model optimised), if it is MHAN-shaped."""
+        heads = {name: m for n, m in model.named_children()
+                 if hasattr(m, "SEDDAHead") and not is_claimed(name := qualified(prefix, n), claimed)}
         if not heads:
             return []
         reasons = {n: head_reason(m) for n, m in heads.items()}
@@ -166,4 +174,4 @@ class MHANPattern:
                 if getattr(model, "num_head", len(heads)) != len(heads) else None))
         if reason:
             return [Skip(self.name, ", ".join(heads), reason)]
-        return [FusedMHAN(ela, heads, linear, fc, **kw)]
+        return [FusedMHAN(ela, heads, linear, fc, owner=prefix, **kw)]

@@ -5,12 +5,13 @@ import copy
 
 import pytest
 import torch
+import torch.nn as nn
 
 import ferfuse
 from ferfuse import models
 from ferfuse.kernels.compat import triton_runs_on
 from ferfuse.models import randomize_batchnorm
-from helpers import SHARED, assert_close
+from helpers import SHARED, UpstreamDAN, assert_close, fp32_budget
 
 EXPECTED = {
     "maca_net": ("maca_heads", ["cat_head0", "cat_head1", "cat_head2", "cat_head3", "fc", "bn"]),
@@ -92,3 +93,36 @@ def test_triton_backend_runs_kernels_for_every_unit(name, gen):
     assert not any("Triton" in n or "torch ops" in n for n in rep.notes), rep.notes
     with torch.no_grad():
         assert_close(model(x)[0].cpu(), ref.cpu(), rep.logits_budget, f"{name} logits")
+
+
+class Normalised(nn.Module):
+    """A deployment's wrapper: ImageNet normalisation, then the network, returning its logits."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def forward(self, images):
+        return self.network((images - self.mean) / self.std)[0]
+
+
+@pytest.mark.parametrize("name", ["dan", "maca_net", "mhan"])
+def test_a_network_inside_a_wrapper_has_its_heads_fused(name, gen):
+    """The heads' units took the model optimised as the network: inside a wrapper (or a
+    LightningModule's attribute) they went unfused, without a word in the report."""
+    network = UpstreamDAN(num_head=2) if name == "dan" else models.get(name)
+    wrapper = Normalised(randomize_batchnorm(network, seed=5)).eval()
+    size = (3, 112, 112) if name != "maca_net" else (3, 224, 224)
+    reference = copy.deepcopy(wrapper).double()
+    ferfuse.optimize(wrapper, example_inputs=(torch.rand(2, *size, generator=gen),))
+    rep = ferfuse.report(wrapper)
+    pattern = {"dan": "dan_heads", "maca_net": "maca_heads", "mhan": "mhan_attention"}[name]
+    heads = [e.modules for e in rep.fused if e.pattern == pattern]
+    assert len(heads) == 1 and "network.cat_head0" in heads[0] and not rep.reverted, str(rep)
+    x = torch.rand(3, *size, generator=gen)
+    with torch.no_grad():
+        got, fp32, expected = wrapper(x), ferfuse.revert(copy.deepcopy(wrapper))(x), reference(x.double())
+    assert_close(got, expected, fp32_budget(fp32, expected), f"wrapped {name} logits")
+    assert ferfuse.engine.attention_maps(wrapper, x) is None  # the network's input is not `x`
