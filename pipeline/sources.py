@@ -91,12 +91,16 @@ def to_rgb8(image: np.ndarray, source: str = "image") -> np.ndarray:
 
 
 def read_image(path: str) -> np.ndarray:
-    """The image at `path` as RGB uint8 (see to_rgb8); UnreadableImage if it cannot be decoded."""
+    """The image at `path` as RGB uint8 (see to_rgb8), turned upright by its EXIF orientation as
+    cv2.imread turns it (a phone's portrait photo is stored sideways; the Haar cascade finds no
+    face in it lying down); UnreadableImage if it cannot be decoded."""
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as e:
         raise UnreadableImage(f"{path}: cannot read ({e.strerror or e})") from e
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    # any depth (16-bit) and colour format (grey stays grey), alpha dropped; not IMREAD_UNCHANGED,
+    # the one mode in which OpenCV ignores the EXIF orientation
+    image = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR) if data.size else None
     if image is None:
         raise UnreadableImage(f"{path}: not a decodable image (corrupt, truncated or not an image)")
     return to_rgb8(image, path)

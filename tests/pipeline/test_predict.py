@@ -155,3 +155,19 @@ def test_cli_csv(tmp_path):
 def test_grid_photo_all_faces(dan_pipeline):
     boxes = dan_pipeline.detector(grid())
     assert len(boxes) == 4 and all(any(centre_inside(b, e) for b in boxes) for e in grid_faces())
+
+
+def test_a_phone_photo_is_turned_upright_by_its_exif_orientation(dan_pipeline, tmp_path):
+    """A phone stores a portrait photo sideways with EXIF orientation 6 (rotate 90° clockwise to
+    show). Decoded as stored, the face lay on its side and the Haar cascade found none."""
+    upright = astronaut()
+    stored = Image.fromarray(np.ascontiguousarray(np.rot90(upright)))  # 90° anticlockwise, as the sensor saw it
+    exif = stored.getexif()
+    exif[0x0112] = 6
+    path = tmp_path / "portrait.jpg"
+    stored.save(path, quality=95, exif=exif)
+    image = read_image(str(path))
+    assert image.shape == upright.shape
+    assert np.abs(image.astype(int) - upright).mean() < 4  # upright again, up to JPEG's loss
+    records = list(dan_pipeline.predict(str(path)))
+    assert len(records) == 1 and centre_inside(records[0]["box"], ASTRONAUT_FACE), records
