@@ -137,8 +137,9 @@ def revert(model: nn.Module) -> nn.Module:
     return model
 
 
-def _conv_runners(state: EngineState) -> list:
-    return [r for unit in state.units for r in unit.conv_runners(None)]
+def _conv_runners(state: EngineState, device: torch.device | None = None) -> list:
+    """The folded convolutions of the model's units: on `device`, or with None those folded so far."""
+    return [r for unit in state.units for r in unit.conv_runners(device)]
 
 
 def _unit_tallies(state: EngineState) -> list:
@@ -321,7 +322,7 @@ def _verify(model, reference, lowp, state: EngineState, entries, example_inputs,
         rep.logits_baseline = original_error(base_model, base_inputs, ref_logits)
     _, _, top1_min = budget(rep.precision, logits=True)
     rep.logits_rel_error, rep.top1_agreement, rep.logits_budget = 0.0, 1.0, float("inf")
-    runners = [r for unit in state.units for r in unit.conv_runners(device)]
+    runners = _conv_runners(state, device)
     # with every unit reverted this measures the plain model: its own error, within its budget
     for form in verification_forms(state.guard.choice.candidates, runners):
         with use_executor(form), torch.no_grad():

@@ -23,16 +23,16 @@ def qualified(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def find_networks(model, claimed: set[str], find_in) -> list:
+def find_networks(model, claimed: set[str], find_in, **kw) -> list:
     """A whole-network structure (attention heads over a `features` trunk: DAN's, MACA-Net's,
     MHAN's) where it sits: the model itself, or a module inside it (a wrapper that normalises the
-    image first, a LightningModule holding the network). `find_in(network, prefix, claimed)` gives
-    the units and Skips of one candidate, their module names qualified with `prefix`."""
+    image first, a LightningModule holding the network). `find_in(network, prefix, claimed, **kw)`
+    gives the units and Skips of one candidate, their module names qualified with `prefix`."""
     found, taken = [], set(claimed)
     for prefix, network in model.named_modules():
         if prefix and is_claimed(prefix, taken):
             continue
-        items = find_in(network, prefix, taken)
+        items = find_in(network, prefix, taken, **kw)
         for item in items:
             if not isinstance(item, Skip):
                 taken.update(item.names())

@@ -150,7 +150,7 @@ class MHANPattern:
     name = "mhan_attention"
 
     def find(self, model: nn.Module, claimed: set[str], **kw):
-        return find_networks(model, claimed, lambda network, prefix, taken: self.find_in(network, prefix, taken, **kw))
+        return find_networks(model, claimed, self.find_in, **kw)
 
     def find_in(self, model: nn.Module, prefix: str, claimed: set[str], **kw):
         """The attention of `model` (named `prefix` in the model optimised), if it is MHAN-shaped."""
