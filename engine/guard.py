@@ -7,6 +7,7 @@ spatial sizes it can take from a shape-only run of the original forward on the `
 (cached per input shape, so each new shape costs one dry run). The same dry run finds an input
 size for a model that names none (`input_size`), and the guard selects, per input shape, the
 convolution executor its `ExecutorChoice` timed fastest."""
+import contextlib
 import copy
 import time
 import types
@@ -26,6 +27,22 @@ def weight_probe(model: nn.Module) -> torch.Tensor | None:
     return next((p for p in model.parameters() if p.is_floating_point()), None)
 
 
+def model_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of `model` (optimize() verifies against copies of it), or an error that says
+    what to do where torch cannot copy it: a pruned or old-style weight-normed module holds its
+    weight as a tensor its forward pre-hook computed with autograd, which deepcopy refuses."""
+    try:
+        return copy.deepcopy(model)
+    except RuntimeError as e:
+        if "deepcopy protocol" not in str(e):
+            raise
+        raise RuntimeError("optimize() copies the model to verify against it, and torch cannot copy this one: a "
+                           "tensor attribute was computed with autograd (torch.nn.utils.prune or weight_norm compute "
+                           "a module's weight so in their forward pre-hook). Run one forward under torch.no_grad() "
+                           "first, or make the pruning permanent (prune.remove) or use "
+                           "torch.nn.utils.parametrizations; then call optimize()") from e
+
+
 class InputGuard:
     def __init__(self, model: nn.Module, device: torch.device, nonfinite_to_original: bool = False):
         first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
@@ -37,7 +54,7 @@ class InputGuard:
         # the original forward, shapes only, in eval mode: the guard checks eval-mode calls, and a
         # model handed over in training mode (as every fresh nn.Module is) would fail the batch-1
         # dry run in a BatchNorm1d ("Expected more than 1 value per channel when training")
-        self.meta = copy.deepcopy(model).to("meta").eval()
+        self.meta = model_copy(model).to("meta").eval()
         self.known_shapes: set[tuple] = set()
         self.previous_forward = None
         # oneDNN's fused ReLU maps NaN to 0: such inputs take the original path to propagate exactly
@@ -123,7 +140,7 @@ def _guarded_forward(self, x, *args, **kwargs):
                 return inner(x, *args, **kwargs)
         if guard.choice is not None and selected_executor() is None and not in_original_path() \
                 and not torch.compiler.is_compiling():
-            executor = guard.choice.for_input(x, lambda t: _no_grad(inner, t, *args, **kwargs))
+            executor = guard.choice.for_input(x, lambda t: _timing_run(self, inner, t, *args, **kwargs))
             t0 = time.perf_counter()
             with use_executor(executor):
                 out = inner(x, *args, **kwargs)
@@ -132,6 +149,23 @@ def _guarded_forward(self, x, *args, **kwargs):
     return inner(x, *args, **kwargs)
 
 
-def _no_grad(fn, *args, **kwargs):
-    with torch.no_grad():
+def _timing_run(model: nn.Module, fn, *args, **kwargs):
+    """One of the runs that time the executors on a shape's first call: no autograd, and the
+    model's module hooks held back, since these runs are not calls of the user's (a feature
+    extractor's hook would collect one output per run). Hooks registered for every module stay."""
+    with torch.no_grad(), _hooks_held(model):
         return fn(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _hooks_held(model: nn.Module):
+    """The forward hooks and pre-hooks of `model`'s modules emptied for the duration, in place
+    (fused units keep their references to the tables), and put back after."""
+    held = [(t, dict(t)) for m in model.modules() for t in (m._forward_hooks, m._forward_pre_hooks) if t]
+    for table, _ in held:
+        table.clear()
+    try:
+        yield
+    finally:
+        for table, hooks in held:
+            table.update(hooks)

@@ -1,6 +1,5 @@
 """optimize(): walk, match, swap, verify, report; revert()."""
 import contextlib
-import copy
 import functools
 import warnings
 from dataclasses import dataclass
@@ -11,8 +10,8 @@ import torch.nn as nn
 from ..kernels.compat import INTERPRET
 from . import winograd
 from .executors import EXECUTORS, ONEDNN_EXECUTORS, ExecutorChoice, onednn_available, use_executor, verification_forms
-from .fused import FusedUnit, original_path
-from .guard import InputGuard, weight_probe
+from .fused import FusedUnit, global_hooks, original_path
+from .guard import InputGuard, model_copy, weight_probe
 from .patterns import Skip, all_patterns, is_claimed
 from .report import FusedEntry, Report
 from .verify import allowed_error, budget, capture_inputs, errors, first_tensor, original_error, top1_agreement, working_precision
@@ -137,6 +136,20 @@ def revert(model: nn.Module) -> nn.Module:
     return model
 
 
+def _hook_notes(units: list) -> list[str]:
+    """A unit whose hidden modules carry forward hooks (a pruned conv's pre-hook, a feature
+    extractor's) runs its original modules on every call while they do: the report says which."""
+    if global_hooks():
+        return ["forward hooks are registered for every module (register_module_forward_hook): every fused "
+                "unit runs its original modules while they are"]
+    hooked = [f"{unit.pattern} {unit.names()[0]}" for unit in units if unit.hooked()]
+    if not hooked:
+        return []
+    listed = ", ".join(hooked[:3]) + (f" and {len(hooked) - 3} more" if len(hooked) > 3 else "")
+    return [f"forward hooks on modules inside {listed}: these units run their original modules, so the hooks "
+            "see their calls, while the hooks are registered"]
+
+
 def _conv_runners(state: EngineState, device: torch.device | None = None) -> list:
     """The folded convolutions of the model's units: on `device`, or with None those folded so far."""
     return [r for unit in state.units for r in unit.conv_runners(device)]
@@ -176,9 +189,9 @@ def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32"
     rep = Report(type(model).__name__, backend, precision, str(device))
     executors = resolve_executors(executor, device, backend, dtype, rep)
     rep.executors = executors
-    reference = copy.deepcopy(model).double().eval() if verify else None
+    reference = model_copy(model).double().eval() if verify else None
     # reduced precisions: the baseline is the original model run in that precision
-    lowp = copy.deepcopy(model).to(dtype).eval() if verify and dtype != torch.float32 else None
+    lowp = model_copy(model).to(dtype).eval() if verify and dtype != torch.float32 else None
     # built before anything is swapped: its dry runs use the original forward
     guard = InputGuard(model, device, nonfinite_to_original=any(e in ONEDNN_EXECUTORS for e in executors))
     guard.choice = ExecutorChoice(executors)
@@ -204,6 +217,7 @@ def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32"
             rep.notes.append(f"{name} ({type(module).__name__}): stays on PyTorch's fused attention "
                              "(scaled_dot_product_attention), not fused by ferfuse")
     rep.notes += list(dict.fromkeys(n for unit in units for n in unit.notes(executors)))
+    rep.notes += _hook_notes(units)
     state = EngineState(units, rep)
     rep.conv_runners = functools.partial(_conv_runners, state)
     rep.unit_tallies = functools.partial(_unit_tallies, state)

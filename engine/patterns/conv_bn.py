@@ -23,6 +23,7 @@ def folded_conv(conv: nn.Conv2d, bn, device, dtype) -> ConvRunner:
 
 class FoldedConvBN(FusedUnit):
     pattern = "conv_bn"
+    entries_exact = False  # the conv returns conv+BN(+activation): a hook on it would see that
 
     def __init__(self, modules: dict[str, nn.Module], **kw):
         super().__init__(modules, **kw)

@@ -22,13 +22,12 @@ from collections import Counter
 
 import torch
 import torch.nn as nn
-import torch.nn.modules.module as module_hooks
 
 from .. import mobile
 from ..algebra import layer_bias
 from ..depthwise import ACTIVATIONS, SqueezeExcite
 from ..executors import FORCED_FORM, fastest
-from ..fused import UNIT_ATTR, bind, fused_forward, installed_forward, in_original_path, original_forward
+from ..fused import UNIT_ATTR, bind, fused_forward, global_hooks, installed_forward, in_original_path, original_forward
 from ..mobile import MBConvCall, MBConvChain
 from .conv_bn import FUSABLE_ACTIVATIONS, foldable_reason, folded_conv
 from . import find_modules
@@ -244,7 +243,7 @@ class BlockChain:
         if unit is None or not (isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dtype == torch.float32
                                 and x.dim() == 4) \
                 or in_original_path() or torch.compiler.is_compiling() or torch.jit.is_tracing() \
-                or (torch.is_grad_enabled() and x.requires_grad) or _global_hooks():
+                or (torch.is_grad_enabled() and x.requires_grad) or global_hooks():
             return original_forward(stage, x)
         key = (x.shape, unit.conv_executor(), torch.get_num_threads())
         plan = self.plans.get(key)
@@ -334,11 +333,6 @@ def _flatten(stage: nn.Sequential, into: list) -> list:
         else:
             into.append(child)
     return into
-
-
-def _global_hooks() -> bool:
-    """Whether forward hooks for every module are registered (they must see each block's call)."""
-    return bool(module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks)
 
 
 class MBConvPattern:

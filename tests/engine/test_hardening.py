@@ -1,6 +1,7 @@
 """An optimised model refuses bad input clearly and before any kernel runs, propagates NaN/Inf as
 the reference does, answers an empty batch as the original does, answers alike from several
-threads, does not grow memory over calls, and saves and loads whole."""
+threads, does not grow memory over calls, saves and loads whole, and lets hooks inside its fused
+units see their modules' calls."""
 import copy
 import io
 import threading
@@ -260,3 +261,96 @@ def test_a_gradient_through_the_input_is_the_original_one(gen, monkeypatch):
         model(x)  # grad enabled, x needs none
         monkeypatch.undo()
         assert runs, "a grad-enabled call on an input that needs no gradient left the fused path"
+
+
+def _hooked_outputs(model, name, x) -> list[torch.Tensor]:
+    """What a forward hook on `model`'s submodule `name` sees over one call of `model(x)`."""
+    seen = []
+    handle = model.get_submodule(name).register_forward_hook(lambda m, args, out: seen.append(out.detach().clone()))
+    try:
+        _outputs(model, x)
+    finally:
+        handle.remove()
+    return seen
+
+
+@pytest.mark.parametrize("name", [
+    "features.1",          # a BatchNorm folded into the stem conv (conv_bn): the fused path has no such output
+    "features.0",          # that stem conv: fused, it returns conv+BN+ReLU
+    "features.5.0.conv2",  # a conv inside a fused ResNet block, which the fused path never calls
+])
+def test_a_hook_inside_a_fused_unit_sees_the_original_call(dan, name, gen):
+    """A feature extractor's (or a pruned conv's) hook on a module the fused path skips or changes:
+    while it is registered, that unit runs its original modules, so the hook fires once a call
+    with the original's values; removed, the unit runs fused again. Before, such hooks never fired
+    (or saw the folded output) and nothing said so."""
+    x = torch.randn(2, 3, 224, 224, generator=gen)
+    original = ferfuse.revert(copy.deepcopy(dan))
+    entry = next(m for n in (name, name.rsplit(".", 1)[0]) if "_ferfuse_unit" in (m := dan.get_submodule(n)).__dict__)
+    unit = entry.__dict__["_ferfuse_unit"]  # on the module itself, or on the block holding it
+    fused_before = _outputs(dan, x)
+    seen = _hooked_outputs(dan, name, x)
+    plain, exact = _hooked_outputs(original, name, x), _hooked_outputs(copy.deepcopy(original).double(), name, x.double())
+    assert len(seen) == len(plain) == 1 and seen[0].shape == plain[0].shape
+    assert_close(seen[0], exact[0], fp32_budget(plain[0], exact[0]), f"what the hook on {name} saw")
+    assert unit.active(entry), "the hook is gone: the unit runs fused again"
+    for a, b in zip(_outputs(dan, x), fused_before):
+        assert torch.equal(a, b)
+
+
+def test_a_hook_inside_a_chained_mbconv_block(gen):
+    """A hook on the depthwise conv inside one of a chain of MBConv blocks: that block runs its
+    original modules (the hook fires once, with the original's output), the rest stay fused."""
+    original = _efficientnet_stages()
+    model = ferfuse.optimize(copy.deepcopy(original))
+    x = torch.randn(1, 3, 96, 96, generator=gen)
+    _outputs(model, x)  # the first call at this shape plans the chain
+    name = "2.0.block.1.0"
+    seen = _hooked_outputs(model, name, x)
+    plain, exact = _hooked_outputs(original, name, x), _hooked_outputs(copy.deepcopy(original).double(), name, x.double())
+    assert len(seen) == 1 and seen[0].shape == plain[0].shape
+    assert_close(seen[0], exact[0], fp32_budget(plain[0], exact[0]), "what the hook saw")
+    out, ref, ref64 = _outputs(model, x)[0], _outputs(original, x)[0], _outputs(copy.deepcopy(original).double(), x.double())[0]
+    assert_close(out, ref64, fp32_budget(ref, ref64))
+
+
+def test_a_pruned_conv_follows_its_mask(gen):
+    """torch.nn.utils.prune recomputes a conv's weight from weight_orig × weight_mask in a forward
+    pre-hook: the optimised model follows a changed mask as the original does, and its report
+    says that unit runs its original modules."""
+    import torch.nn.utils.prune as prune
+
+    model = randomize_batchnorm(UpstreamDAN(num_head=1), seed=3).eval()
+    prune.l1_unstructured(model.features[0], "weight", amount=0.5)
+    x = torch.randn(2, 3, 224, 224, generator=gen)
+    # the pruned weight as prune left it, computed with autograd: torch cannot deep-copy the model
+    with pytest.raises(RuntimeError, match=r"cannot copy this one.*no_grad\(\).*prune.remove"):
+        ferfuse.optimize(model)
+    assert not ferfuse.engine.is_optimized(model)
+    _outputs(model, x)  # the pre-hook's weight, now computed without autograd: the model copies
+    ferfuse.optimize(model)
+    assert "forward hooks on modules inside conv_bn features.0" in str(ferfuse.report(model))
+    with torch.no_grad():
+        model.features[0].weight_mask[:, :, :2].zero_()  # prune two rows of every 7×7 kernel more
+    out = _outputs(model, x)[0]
+    original = ferfuse.revert(copy.deepcopy(model))
+    ref, ref64 = _outputs(original, x)[0], _outputs(copy.deepcopy(original).double(), x.double())[0]
+    assert_close(out, ref64, fp32_budget(ref, ref64))
+
+
+def test_hooks_see_one_call_on_a_shapes_first_call(dan, gen):
+    """A shape's first call times the executors by running the forward once per executor; those
+    runs are not the caller's, so a hook inside the model (here inside fused units, which then run
+    their original modules) sees that call once."""
+    x = torch.randn(3, 3, 224, 224, generator=gen)
+    assert tuple(x.shape) not in ferfuse.report(dan).executor_by_shape  # its first call: timed
+    calls = []
+    handles = [dan.get_submodule(name).register_forward_hook(lambda m, args, out, name=name: calls.append(name))
+               for name in ("features.1", "features.5.0.conv2")]
+    try:
+        _outputs(dan, x)
+    finally:
+        for h in handles:
+            h.remove()
+    assert tuple(x.shape) in ferfuse.report(dan).executor_by_shape
+    assert calls == ["features.1", "features.5.0.conv2"]
