@@ -35,16 +35,18 @@ def attention_maps(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor
     fused = engine.attention_maps(model, images)
     if fused is not None:
         return fused.float()
-    captured, handles = [], []
-    for module, to_map in _hooks(model):
-        handles.append(module.register_forward_hook(lambda mod, inp, out, f=to_map: captured.append(f(out))))
+    # one map per attention module, the last call's: an optimised model's first call at a new shape
+    # runs its forward more than once (it times its executors there), each run calling the hooks
+    captured, handles = {}, []
+    for i, (module, to_map) in enumerate(_hooks(model)):
+        handles.append(module.register_forward_hook(lambda mod, inp, out, i=i, f=to_map: captured.__setitem__(i, f(out))))
     try:
         output = model(images)
     finally:
         for handle in handles:
             handle.remove()
     if captured:
-        return torch.stack(captured, dim=1).float()
+        return torch.stack([captured[i] for i in sorted(captured)], dim=1).float()
     heads = output[2] if isinstance(output, (tuple, list)) and len(output) == 3 else None
     if isinstance(heads, (list, tuple)) and heads and heads[0].dim() == 4:  # MHAN: per-head C×H×W maps
         return torch.stack([h.mean(dim=1) for h in heads], dim=1).float()

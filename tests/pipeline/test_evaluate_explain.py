@@ -125,7 +125,7 @@ def _maps64(model, x):
     return attention_maps(copy.deepcopy(model).double(), x.double())
 
 
-@pytest.mark.parametrize("name", ["dan", "maca_net", "mhan"])
+@pytest.mark.parametrize("name", ["dan", "maca_net", "mhan", "hafem"])
 def test_explain_maps_optimised_equal_original_within_budget(name, tmp_path):
     torch.manual_seed(0)
     original = models.randomize_batchnorm(models.get(name), seed=1).eval()
@@ -135,7 +135,7 @@ def test_explain_maps_optimised_equal_original_within_budget(name, tmp_path):
     pipe = FacePipeline(copy.deepcopy(original), batch_size=2)
     x = torch.stack([pipe.crop(astronaut(), box) for box in ([170, 55, 281, 170], [150, 40, 300, 190])])
     fused, plain, exact = attention_maps(pipe.model, x), attention_maps(original, x), _maps64(original, x)
-    assert fused.shape == plain.shape and fused.shape[1] == {"dan": 4, "maca_net": 4, "mhan": 2}[name]
+    assert fused.shape == plain.shape and fused.shape[1] == {"dan": 4, "maca_net": 4, "mhan": 2, "hafem": 1}[name]
     assert (fused.std(dim=(2, 3)) > 0).all()  # real maps, not constants
     err = lambda m: ((m.double() - exact).norm() / exact.norm()).item()  # noqa: E731
     k, floor, _ = budget("fp32", "winograd")
