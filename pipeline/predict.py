@@ -23,6 +23,16 @@ from .sources import Failure, Frame
 DEFAULT_BATCH = {"cpu": 8, "cuda": 64}  # CPU: 8 faces a call cost no more per face than 32 (AVX2 EPYC)
 
 
+def resolve_batch_size(batch_size: int | None, device: str) -> int:
+    """Faces per model call: the device's default for None; anything under 1 (0 included, which
+    would otherwise read as "the default") is refused before any model is built."""
+    if batch_size is None:
+        return DEFAULT_BATCH.get(torch.device(device).type, 8)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    return batch_size
+
+
 def resolve_labels(labels, num_classes: int) -> tuple[str, ...]:
     """The model's label order: a LABELS key ('rafdb', 'affectnet7', 'affectnet8', 'ferplus'), a
     sequence of names, or None: 7 classes read as RAF-DB's order, 8 as AffectNet's (the datasets
@@ -178,6 +188,7 @@ class FacePipeline:
     def __init__(self, model: torch.nn.Module, detector="haar", device: str = "cpu", batch_size: int | None = None,
                  labels=None, input_size=None, optimize_model: bool = True, prefetch: int = 16, reference=None):
         self.device = torch.device(device)
+        self.batch_size = resolve_batch_size(batch_size, device)
         self.model = model.eval().to(self.device)
         self.reference = reference.eval().to(self.device) if reference is not None else None
         self.seconds = {"model": 0.0, "reference": 0.0}  # time spent in each model's calls
@@ -186,9 +197,6 @@ class FacePipeline:
         self.size = input_size_of(self.model, input_size)
         self.transform = FERModel.preprocess_transform(self.size)
         self.detector = detect.resolve(detector)
-        self.batch_size = batch_size or DEFAULT_BATCH.get(self.device.type, 8)
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be ≥ 1, got {self.batch_size}")
         self.labels = resolve_labels(labels, num_classes_of(self.model, self.size, self.device))
         self.prefetch = prefetch
 

@@ -29,7 +29,7 @@ except ImportError as e:  # the optional extra
 from ..engine import is_optimized
 from ..models.base import FERModel
 from . import detect, sources
-from .predict import (DEFAULT_BATCH, FacePipeline, crop_face, find_faces, input_size_of, num_classes_of,
+from .predict import (FacePipeline, crop_face, find_faces, input_size_of, num_classes_of, resolve_batch_size,
                       resolve_labels)
 from .sources import Failure
 
@@ -168,7 +168,7 @@ def predict_dataset(inputs, model="dan", checkpoint: str | None = None, *, label
     if workers * cpus_per_worker > cpus - 1:  # the actors would hold every CPU and no read task could start
         raise ValueError(f"{workers} workers of {cpus_per_worker} CPUs on a cluster of {cpus:g} CPUs leave none "
                          "to read and detect: fewer workers, or fewer CPUs per worker (it may be fractional)")
-    batch_size = batch_size or DEFAULT_BATCH.get(device, 8)
+    batch_size = resolve_batch_size(batch_size, device)
 
     items = [{"source": s, "order": i} for i, s in enumerate(expanded)]
     ds = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / SOURCES_PER_TASK))

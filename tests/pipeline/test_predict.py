@@ -171,3 +171,15 @@ def test_a_phone_photo_is_turned_upright_by_its_exif_orientation(dan_pipeline, t
     assert np.abs(image.astype(int) - upright).mean() < 4  # upright again, up to JPEG's loss
     records = list(dan_pipeline.predict(str(path)))
     assert len(records) == 1 and centre_inside(records[0]["box"], ASTRONAUT_FACE), records
+
+
+@pytest.mark.parametrize("batch_size", [0, -2])
+def test_a_batch_size_under_one_is_refused_before_the_model_is_optimised(batch_size):
+    """0 used to read as "the default" (8) and a negative size was refused only after optimize()."""
+    from ferfuse.engine import is_optimized
+    from ferfuse.pipeline import FacePipeline
+
+    model = models.get("dan").eval()
+    with pytest.raises(ValueError, match=rf"batch_size must be ≥ 1, got {batch_size}"):
+        FacePipeline(model, detector=None, batch_size=batch_size)
+    assert not is_optimized(model)
