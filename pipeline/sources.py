@@ -135,13 +135,14 @@ def frames(sources, every: int = 1):
     if every < 1:
         raise ValueError(f"every must be ≥ 1, got {every}")
     for source in sources:
+        # a missing path first: a mistyped folder has no extension, which kind_of would report
+        if not source.startswith(CAMERA_PREFIX) and not os.path.exists(source):
+            yield Failure(source, "no such file or folder")
+            continue
         try:
             kind = kind_of(source)
         except ValueError as e:
             yield Failure(source, str(e))
-            continue
-        if kind != "camera" and not os.path.exists(source):
-            yield Failure(source, "no such file")
             continue
         if kind == "image":
             try:

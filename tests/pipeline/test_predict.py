@@ -112,8 +112,9 @@ def test_cli_bad_inputs_named_rest_processed(tmp_path, capsys):
     truncated.write_bytes(data[:len(data) // 2])
     unknown = tmp_path / "faces.xyz"
     unknown.write_bytes(b"?")
+    missing = tmp_path / "no_such_folder"  # a mistyped folder: no extension, and not there
     out, annotate = tmp_path / "results.jsonl", tmp_path / "annotated"
-    status = main(["predict", str(folder), str(truncated), str(unknown), "--output", str(out),
+    status = main(["predict", str(folder), str(truncated), str(unknown), str(missing), "--output", str(out),
                    "--annotate", str(annotate), "--batch-size", "2"])
     assert status == 1
     err = capsys.readouterr().err
@@ -122,10 +123,11 @@ def test_cli_bad_inputs_named_rest_processed(tmp_path, capsys):
     for r in records:
         by_source.setdefault(r["source"], []).append(r)
     errors = {r["source"]: r["error"] for r in records if "error" in r}
-    assert set(errors) == {str(folder / "corrupt.jpg"), str(truncated), str(unknown)}
+    assert set(errors) == {str(folder / "corrupt.jpg"), str(truncated), str(unknown), str(missing)}
     for source in errors:
         assert f"{source}: " in err
     assert "truncated" in errors[str(truncated)] and "unknown file type" in errors[str(unknown)]
+    assert errors[str(missing)] == "no such file or folder"
     assert by_source[str(folder / "sub" / "noface.png")] == [
         {"source": str(folder / "sub" / "noface.png"), "frame": None, "time_s": None, "faces": 0}]
     reference_box = by_source[good][0]["box"]
@@ -136,7 +138,7 @@ def test_cli_bad_inputs_named_rest_processed(tmp_path, capsys):
     assert by_source[str(folder / "rgba.png")][0]["box"] == reference_box
     frames = {r["frame"] for r in by_source[str(truncated)] if "box" in r}
     assert frames and max(frames) < 5  # the frames before the cut were processed
-    assert "3 failed" in err and "1 files in folders skipped" in err
+    assert "4 failed" in err and "1 files in folders skipped" in err
     written = sorted(p.name for p in annotate.iterdir())
     assert "astronaut.png" in written and "truncated.mp4" in written
     annotated = cv2.imread(str(annotate / "astronaut.png"))
