@@ -354,3 +354,26 @@ def test_hooks_see_one_call_on_a_shapes_first_call(dan, gen):
             h.remove()
     assert tuple(x.shape) in ferfuse.report(dan).executor_by_shape
     assert calls == ["features.1", "features.5.0.conv2"]
+
+
+def test_a_hook_for_every_module_sees_every_module_call(dan, gen):
+    """`register_module_forward_hook` (a profiler's or a debugger's, for every module): every fused
+    unit runs its original modules while it is registered, so the hook sees the calls the original
+    model makes, each once."""
+    x = torch.randn(2, 3, 224, 224, generator=gen)
+    original = ferfuse.revert(copy.deepcopy(dan))
+    _outputs(dan, x)  # not this shape's first call below: its executor timing is done
+
+    def modules_called(model) -> list[str]:
+        names = {id(m): n for n, m in model.named_modules()}
+        called = []
+        handle = nn.modules.module.register_module_forward_hook(
+            lambda m, args, out: called.append(names[id(m)]) if id(m) in names else None)
+        try:
+            _outputs(model, x)
+        finally:
+            handle.remove()
+        return called
+
+    assert modules_called(dan) == modules_called(original)
+    assert dan.__dict__["_ferfuse_unit"].active(dan)  # the hook gone: fused again
