@@ -3,9 +3,9 @@
 pytest-benchmark (test_latency.py) times one provider after another; on a shared 2-core machine the
 load drifts over minutes, so a ratio of two such medians mixes in the drift. Here every provider is
 built once, then each round times a block of calls of each provider in turn (the order rotating
-each round), and the medians of the blocks are compared. Before each block a 50 ms pause lets the
-previous provider's worker threads go idle (ONNX Runtime's pool spins after a run and would
-otherwise take cores from whoever runs next), then one untimed call wakes this provider's own.
+each round), and the medians of the blocks are compared. Before each block, and before each
+provider's first call (where ferfuse times its executors for the shape), `settle()` waits until the
+previous provider's worker threads are idle, then one untimed call wakes this provider's own.
 
 Every provider's logits are compared with a float64 copy of the same model in the same run.
 The JSON has pytest-benchmark's shape ("benchmarks" with "stats" and "extra_info"), so `ferfuse
@@ -21,9 +21,7 @@ from ferfuse import models
 from ferfuse.engine import report
 from ferfuse.engine.verify import allowed_error, errors, first_tensor, original_error
 
-from .providers import available, build, device_name
-
-PAUSE_S = 0.05
+from .providers import available, build, device_name, settle
 
 
 def _ort_version() -> str | None:
@@ -70,6 +68,7 @@ def run(model_names, batches, providers, *, rounds: int = 9, device: str = "cpu"
                 if reason:
                     log(f"  {name} b{batch} {provider}: skipped ({reason})")
                     continue
+                settle()  # the provider built before this one: its workers may still spin
                 t0 = time.perf_counter()
                 if provider.startswith("ferfuse"):
                     if provider not in once:
@@ -98,6 +97,7 @@ def run(model_names, batches, providers, *, rounds: int = 9, device: str = "cpu"
             # calls per block: enough for min_block_s on the slowest provider
             per_call = {}
             for provider, fn in runs.items():
+                settle()
                 t0 = time.perf_counter()
                 fn(x)
                 per_call[provider] = time.perf_counter() - t0
@@ -107,7 +107,7 @@ def run(model_names, batches, providers, *, rounds: int = 9, device: str = "cpu"
             for r in range(rounds):
                 for provider in order[r % len(order):] + order[:r % len(order)]:
                     fn = runs[provider]
-                    time.sleep(PAUSE_S)  # the previous provider's workers go idle
+                    settle()  # the previous provider's workers go idle
                     fn(x)  # wakes this provider's workers, warms its caches
                     t0 = time.perf_counter()
                     for _ in range(block):

@@ -8,11 +8,33 @@ default `optimize()`, as a user would: no example input at the timed batch."""
 import os
 import platform
 import tempfile
+import time
 
 import torch
 
 PROVIDERS = ["eager", "torch.compile", "torch.compile-max-autotune", "torch.compile-freezing", "onnxruntime",
              "ferfuse-torch", "ferfuse-triton"]
+
+
+SETTLE_SLICE_S = 0.01
+SETTLE_LIMIT_S = 1.0
+
+
+def settle(limit_s: float = SETTLE_LIMIT_S, slice_s: float = SETTLE_SLICE_S) -> float:
+    """Sleep until this process's threads are idle: a slice of `slice_s` in which they used under a
+    tenth of it in CPU time, or `limit_s` in all. Returns the seconds waited. A worker pool that
+    spins after its work would otherwise take a core from whoever runs next: ONNX Runtime's spins
+    ~50 ms after each run (46-50 ms of CPU time in a 50-500 ms sleep after a HAFEM run on the 2-core
+    Zen 4, where torch's OpenMP workers spin ~10 ms), so the fixed 50 ms pause this replaced ended
+    as the spinning did, and a provider built right after ONNX Runtime timed its first call on one
+    core and a half."""
+    start = time.perf_counter()
+    while True:
+        cpu = time.process_time()
+        time.sleep(slice_s)
+        waited = time.perf_counter() - start
+        if time.process_time() - cpu < 0.1 * slice_s or waited >= limit_s:
+            return waited
 
 
 def cpu_model() -> str:

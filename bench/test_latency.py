@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ferfuse import models
-from providers import available, build
+from providers import available, build, settle
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -29,6 +29,7 @@ def test_latency(benchmark, record, pytestconfig, provider, model_name, batch, d
     model = models.randomize_batchnorm(models.get(model_name), seed=0).eval().to(device)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(batch, *model.input_size, generator=gen).to(device, dtype)
+    settle()  # the previous test's provider: its workers may still spin
     run = build(provider, model, x, device, dtype)
     for _ in range(3):  # warm-up: JIT, autotuning, packing, graph capture
         run(x)

@@ -81,6 +81,32 @@ def test_bench_alternate_times_providers_in_rounds(tmp_path):
     assert ferfuse["logits_budget"] >= 4 * eager["logits_rel_error"] + 1e-6 - 1e-15
 
 
+def test_settle_waits_while_a_thread_of_the_process_is_busy():
+    """bench's pause between providers: it waits out a worker that still spins (ONNX Runtime's
+    pool spins ~50 ms after a run), and returns at once on an idle process."""
+    import threading
+    import time
+
+    from ferfuse.bench.providers import settle
+
+    busy_s = 0.3
+
+    def spin():
+        end = time.perf_counter() + busy_s
+        while time.perf_counter() < end:
+            pass
+
+    worker = threading.Thread(target=spin)
+    start = time.perf_counter()
+    worker.start()
+    settle(limit_s=5.0)
+    returned = time.perf_counter()
+    worker.join()
+    # a slice with under 1 ms of CPU time ends it: at most the spin's last millisecond
+    assert returned >= start + busy_s - 0.002
+    assert settle(limit_s=5.0) < 1.0  # idle: its first slice (10 ms) ends it; 1 s for a loaded machine
+
+
 def test_demo_prints_speedups_and_the_executor_per_batch_size():
     out = _ferfuse("demo", "--batch", "1", "2", "--runs", "1")
     rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["1"], ["2"])]
