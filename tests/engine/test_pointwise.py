@@ -34,9 +34,12 @@ def _check(got, x, weight, bias, act, residual):
 # (batch, in channels, out channels, H, W): batch 1; pixel counts that are not multiples of the
 # 6-row tile (49, 15, 1); output channels under one 16-channel panel, with a tail (40, 13) and
 # exact (32); input channels of 1, and past one 256-channel block (300, 600: partial sums)
-# pixel counts that leave every tail tile of 1 to 5 rows (49 = 8·6 + 1; 10, 5, 2, 9)
+# pixel counts that leave every tail tile of 1 to 5 rows (49 = 8·6 + 1; 10, 5, 2, 9); with AVX-512,
+# four panels at a time (64 channels: 240 and 384 with none left, 130 with a tail panel after two
+# such groups, 50 with the tail inside one, there past a 256-channel block)
 SHAPES = [(1, 40, 240, 7, 7), (2, 24, 40, 5, 3), (1, 1, 13, 1, 1), (3, 300, 32, 4, 5), (1, 600, 17, 3, 3),
-          (2, 64, 384, 14, 14), (1, 70, 33, 2, 5), (5, 16, 24, 1, 1), (1, 8, 16, 1, 2)]
+          (2, 64, 384, 14, 14), (1, 70, 33, 2, 5), (5, 16, 24, 1, 1), (1, 8, 16, 1, 2), (2, 24, 130, 4, 4),
+          (1, 300, 50, 3, 5)]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=["x".join(map(str, s)) for s in SHAPES])
@@ -66,11 +69,14 @@ def test_gemm_layouts_and_no_bias(gen, poisoned_empty):
         conv.run(torch.randn(1, 19, 3, 3))
 
 
-def test_grouped_strided_gemm(gen):
+@pytest.mark.parametrize("n", [21, 55, 70])
+def test_grouped_strided_gemm(gen, n):
     """gemm_groups as the Winograd stage calls it: G GEMMs side by side in one row-major x and y
     (rows ldx and ldy apart, wider than the groups: the columns past them stay untouched), no bias,
-    K past one 256-channel block, N with a tail panel; each group against float64."""
-    groups, rows, k, n = 3, 29, 300, 21
+    K past one 256-channel block, N with a tail panel (55: inside a group of four panels, which
+    AVX-512 computes at once; 70: after one); each group against float64, so a tile that wrote past
+    its group's N would be seen in the next group's columns or past the last."""
+    groups, rows, k = 3, 29, 300
     ldx, ldy = groups * k + 5, groups * n + 7
     x = torch.randn(rows, ldx, generator=gen)
     weight = torch.randn(groups * n, k, generator=gen) / k ** 0.5
