@@ -247,6 +247,24 @@ static void tile(const float *x, int64_t ldx, const float *panel, const float *p
 
 #endif
 
+/* The panels a block reads after the w panels from panel j in K-block k0 (of kc rows): the following
+ * ones of this K-block, else the first ones of the next; at most w of them (*count), of *rows rows
+ * each. NULL where none follow. Their rows are prefetched spread over the current panels' tiles, so
+ * a few are in flight at a time. */
+static const float *next_panels(const float *wg, int K, int k0, int kc, int j, int w, int j0, int j1, int *count,
+                                int *rows) {
+    if (j + w < j1) {
+        *count = j1 - j - w < w ? j1 - j - w : w, *rows = kc;
+        return wg + ((int64_t)(j + w) * K + k0) * NR;
+    }
+    if (k0 + KC < K) {
+        *count = j1 - j0 < w ? j1 - j0 : w, *rows = K - k0 - KC < KC ? K - k0 - KC : KC;
+        return wg + ((int64_t)j0 * K + k0 + KC) * NR;
+    }
+    *count = 0, *rows = 0;
+    return 0;
+}
+
 /* One block of work: group g, pixels [m0, m1), output-channel panels [j0, j1), every K-block. */
 static void block(const float *x, int64_t ldx, const float *wp, const float *bias, const float *res, float *y,
                   int64_t ldy, int64_t m0, int64_t m1, int K, int N, int64_t g, int j0, int j1, int act) {
@@ -264,16 +282,8 @@ static void block(const float *x, int64_t ldx, const float *wp, const float *bia
             int n0 = j * NR, last_n0 = (j + WIDE - 1) * NR, nr = N - last_n0 < NR ? N - last_n0 : NR;
             const float *panel = wg + ((int64_t)j * K + k0) * NR;
             const float *bj = bias ? bias + (g * panels + j) * NR : zeros;
-            /* the panels read next: the following ones of this K-block, else the first of the next */
-            const float *next = 0;
-            int nq = 0, next_kc = 0;
-            if (j + WIDE < j1) {
-                next = panel + (int64_t)WIDE * K * NR, next_kc = kc;
-                nq = j1 - j - WIDE < WIDE ? j1 - j - WIDE : WIDE;
-            } else if (k0 + KC < K) {
-                next = wg + ((int64_t)j0 * K + k0 + KC) * NR, next_kc = K - k0 - KC < KC ? K - k0 - KC : KC;
-                nq = j1 - j0 < WIDE ? j1 - j0 : WIDE;
-            }
+            int nq, next_kc;
+            const float *next = next_panels(wg, K, k0, kc, j, WIDE, j0, j1, &nq, &next_kc);
             int rows = nq * next_kc, row = 0;
             for (int64_t m = m0, t = 0; m < m1; m += MR, t++) {
                 int mr = m1 - m < MR ? (int)(m1 - m) : MR;
@@ -288,14 +298,11 @@ static void block(const float *x, int64_t ldx, const float *wp, const float *bia
             int n0 = j * NR, nr = N - n0 < NR ? N - n0 : NR;
             const float *panel = wg + ((int64_t)j * K + k0) * NR;
             const float *bj = bias ? bias + (g * panels + j) * NR : zeros;
-            /* the panel this block reads next: the next one of this K-block, else the first of the next;
-             * its rows are split evenly over this panel's tiles, so a few are in flight at a time */
-            const float *next = j + 1 < j1 ? panel + (int64_t)K * NR
-                                : k0 + KC < K ? wg + ((int64_t)j0 * K + k0 + KC) * NR : 0;
-            int next_kc = j + 1 < j1 ? kc : K - k0 - KC < KC ? K - k0 - KC : KC;
+            int count, next_kc;
+            const float *next = next_panels(wg, K, k0, kc, j, 1, j0, j1, &count, &next_kc);
             for (int64_t m = m0, t = 0; m < m1; m += MR, t++) {
                 int mr = m1 - m < MR ? (int)(m1 - m) : MR;
-                int lo = next ? (int)(t * next_kc / tiles) : 0, hi = next ? (int)((t + 1) * next_kc / tiles) : 0;
+                int lo = (int)(t * next_kc / tiles), hi = (int)((t + 1) * next_kc / tiles);
                 tile(xg + m * ldx + k0, ldx, panel, next ? next + (int64_t)lo * NR : 0, hi - lo, bj, rg ? rg + m * ldy + n0 : 0,
                      yg + m * ldy + n0, ldy, mr, nr, kc, k0 == 0, k0 + kc == K, act);
             }
