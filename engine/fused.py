@@ -4,18 +4,33 @@ A unit never owns parameters: the covered modules' parameters and buffers stay t
 state_dict is unchanged) and the folded weights are rebuilt whenever one of them changes
 (`load_state_dict`, an optimizer step, `.to()`), detected by each tensor's identity, version
 counter and data pointer. A write through `.data` (`p.data.copy_(w)`) bumps no version counter
-and goes unseen: load weights with `load_state_dict` or in place under `torch.no_grad()`. Units
+and goes unseen: load weights with `load_state_dict` or in place under `torch.no_grad()`. A module
+assigned in place of one a unit fused (`model.fc = nn.Linear(...)`, `seq[i] = block`) is seen too
+(`rewired`): that unit runs the original modules, which now hold the new one, and says so. Units
 install themselves by rebinding `forward` on the live modules (and their display names, so
 `print(model)` shows the swap); `uninstall` restores the class's forward.
 """
 import functools
 import threading
+import warnings
 
 import torch
 import torch.nn as nn
 import torch.nn.modules.module as module_hooks
 
 from .executors import ConvRunner, selected_executor
+
+# Module assignments anywhere (`parent.name = module`, which nn.Sequential's and nn.ModuleList's
+# item assignment make too), counted by a global registration hook that changes nothing: a fused
+# call reads the count, and a unit looks again at where its modules hang only after it has moved.
+_ASSIGNMENTS = [0]
+
+
+def _count_assignment(module, name, submodule):
+    _ASSIGNMENTS[0] += 1
+
+
+module_hooks.register_module_module_registration_hook(_count_assignment)
 
 _FOLD_LOCK = threading.RLock()  # folded caches are built once, even when threads race to the first call
 UNIT_ATTR = "_ferfuse_unit"
@@ -66,6 +81,7 @@ class FusedUnit:
         state["_cache"] = None
         state.pop("_slot_list", None)  # refers to the modules' own tables: listed again after a copy
         state.pop("_hook_list", None)
+        state.pop("_wired_at", None)  # a copy looks at its wiring (copied along with the modules) once
         return state
 
     # -- folded weights: a cache checked against the source tensors' identity and version -------
@@ -188,8 +204,42 @@ class FusedUnit:
     def active(self, module: nn.Module) -> bool:
         """The fused path runs in eval mode only; training (and autograd through the input)
         takes the original modules, and so does a call where a hook must see a module the fused
-        path does not call or whose output it changes."""
-        return self.enabled and not module.training and not in_original_path() and not self.hooked()
+        path does not call or whose output it changes, and every call after one of the modules it
+        fused was replaced."""
+        return self.enabled and not module.training and not in_original_path() and not self.hooked() \
+            and not self.rewired()
+
+    def wire(self, model: nn.Module):
+        """Note where each module this unit fuses hangs in `model` (its parent's `_modules` and
+        the name there) and each module under it, so that an assignment replacing one is seen."""
+        wiring = []
+        for name, module in self.covered.items():
+            parent, _, attr = name.rpartition(".")
+            if name:
+                wiring.append(((model.get_submodule(parent) if parent else model)._modules, attr, module, name))
+            wiring += [(m._modules, child_name, child, f"{qualified}.{child_name}" if qualified else child_name)
+                       for qualified, m in module.named_modules(prefix=name) for child_name, child in m._modules.items()]
+        self._wiring = wiring
+        self._wired_at = _ASSIGNMENTS[0]
+
+    def rewired(self) -> str | None:
+        """The name of a module this unit fused that another has replaced since optimize()
+        (`model.fc = nn.Linear(...)`), or None. Its folded weights are the replaced module's, so
+        the unit runs the original modules, which hold the new one, while it stays replaced (a
+        warning says so once, and the report). One comparison while no module anywhere was assigned
+        since the last look; then every slot is looked at."""
+        count = _ASSIGNMENTS[0]
+        if self.__dict__.get("_wired_at") == count:
+            return None
+        moved = next((name for table, attr, module, name in self.__dict__.get("_wiring", ())
+                      if table.get(attr) is not module), None)
+        if moved is None:
+            self._wired_at = count
+        elif not self.__dict__.get("_rewired_warned"):
+            self._rewired_warned = True
+            warnings.warn(f"ferfuse: {moved} was replaced after optimize(): {self.pattern} {self.names()[0]} runs its "
+                          "original modules from now on; optimize() the model again to fuse the new one", stacklevel=3)
+        return moved
 
     def hooked(self) -> bool:
         """Whether a forward hook or pre-hook is registered on a module this unit hides (a conv

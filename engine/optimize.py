@@ -159,6 +159,12 @@ def _unit_tallies(state: EngineState) -> list:
     return [unit.tally() for unit in state.units]
 
 
+def _rewired_notes(state: EngineState) -> list[str]:
+    """A note per unit one of whose modules was replaced after optimize() (FusedUnit.rewired)."""
+    return [f"{moved} was replaced after optimize(): {unit.pattern} {unit.names()[0]} runs its original modules; "
+            "optimize() the model again to fuse the new one" for unit in state.units if (moved := unit.rewired())]
+
+
 def _entry(unit: FusedUnit) -> FusedEntry:
     return FusedEntry(unit.pattern, unit.names(), unit.backend)
 
@@ -209,6 +215,7 @@ def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32"
                 claimed.update(item.names())
     for unit in units:
         unit.install(model)
+        unit.wire(model)
     kept: list[str] = []  # attention left on PyTorch, noted once (not again for a layer's own self_attn)
     for name, module in model.named_modules():
         if isinstance(module, (nn.TransformerEncoderLayer, nn.MultiheadAttention)) and name and \
@@ -221,6 +228,7 @@ def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32"
     state = EngineState(units, rep)
     rep.conv_runners = functools.partial(_conv_runners, state)
     rep.unit_tallies = functools.partial(_unit_tallies, state)
+    rep.live_notes = functools.partial(_rewired_notes, state)
     model.__dict__[STATE_ATTR] = state
     if units:
         guard.install(model)  # outermost: checks run before any fused unit launches a kernel

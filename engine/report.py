@@ -50,6 +50,8 @@ class Report:
     conv_runners: Callable[[], list] | None = field(default=None, repr=False)
     # () -> each fused unit's own tally of how it ran (FusedUnit.tally: MBConv blocks as one C call)
     unit_tallies: Callable[[], list] | None = field(default=None, repr=False)
+    # () -> notes on how the units run now (a unit whose modules were replaced after optimize())
+    live_notes: Callable[[], list] | None = field(default=None, repr=False)
 
     def form_tally(self) -> dict[str, Counter]:
         """{"3×3 convolutions": Counter(form name: convs), "1×1 convolutions": ..., "depthwise
@@ -123,5 +125,5 @@ class Report:
             per = "block" if kind == "MBConv blocks" else "conv"
             lines.append(f"tuned {kind} (winograd executor), per {per} and input shape: "
                          + ", ".join(f"{name} {n}" for name, n in counts.most_common()))
-        lines += [f"note: {n}" for n in self.notes]
+        lines += [f"note: {n}" for n in self.notes + (self.live_notes() if self.live_notes else [])]
         return "\n".join(lines)

@@ -377,3 +377,50 @@ def test_a_hook_for_every_module_sees_every_module_call(dan, gen):
 
     assert modules_called(dan) == modules_called(original)
     assert dan.__dict__["_ferfuse_unit"].active(dan)  # the hook gone: fused again
+
+
+def test_a_module_replaced_after_optimize_is_run(gen):
+    """A user who re-heads an optimised model for other classes (`model.fc = nn.Linear(...)`) gets
+    the new classifier's logits: the heads unit, whose folded weights are the old one's, runs its
+    original modules from then on, warns once and says so in the report. Putting the old module
+    back fuses again. Before, the fused path ran the replaced weights silently (DAN's logits off
+    by 5e4 on randomised BatchNorm)."""
+    model = ferfuse.optimize(randomize_batchnorm(UpstreamDAN(num_head=2), seed=11).eval())
+    x = torch.randn(2, 3, 112, 112, generator=gen)
+    old_fc = model.fc
+    model.fc = nn.Linear(old_fc.in_features, old_fc.out_features)  # new weights (DAN's BatchNorm1d follows it)
+    reference = copy.deepcopy(model)
+    ferfuse.revert(reference)
+    with pytest.warns(UserWarning, match=r"fc was replaced after optimize\(\): dan_heads .* optimize\(\) the model again"):
+        got = _outputs(model, x)[0]
+    ref, ref64 = _outputs(reference, x)[0], _outputs(copy.deepcopy(reference).double(), x.double())[0]
+    assert_close(got, ref64, fp32_budget(ref, ref64), "logits after the classifier was replaced")
+    assert "note: fc was replaced after optimize(): dan_heads" in str(ferfuse.engine.report(model))
+    assert ferfuse.engine.attention_maps(model, x) is None  # no active unit computes them now
+    copied = copy.deepcopy(model)  # a copy sees its own replaced module
+    assert_close(_outputs(copied, x)[0], ref64, fp32_budget(ref, ref64), "the copy's logits")
+    model.fc = old_fc  # back in place: fused again, silently
+    assert ferfuse.engine.attention_maps(model, x) is not None  # the heads' fused path computes them
+    assert "was replaced" not in str(ferfuse.engine.report(model))
+
+
+def test_a_conv_replaced_inside_a_chained_mbconv_block(gen):
+    """A conv replaced deep inside one MBConv block of a chain (`block[1][0] = conv`): that block
+    leaves the chain and runs its original modules, with the new conv; the others stay fused."""
+    original = _efficientnet_stages()
+    model = ferfuse.optimize(copy.deepcopy(original))
+    x = torch.randn(1, 3, 96, 96, generator=gen)
+    _outputs(model, x)  # plans the chain
+    dw = model[2][0].block[1][0]
+    new = nn.Conv2d(dw.in_channels, dw.out_channels, dw.kernel_size, dw.stride, dw.padding, groups=dw.groups,
+                    bias=False)
+    with torch.no_grad():
+        new.weight.copy_(torch.randn(new.weight.shape, generator=gen))
+    model[2][0].block[1][0] = new
+    original[2][0].block[1][0] = copy.deepcopy(new)
+    with pytest.warns(UserWarning, match=r"2\.0\.block\.1\.0 was replaced after optimize\(\)"):
+        out = _outputs(model, x)[0]
+    ref, ref64 = _outputs(original, x)[0], _outputs(copy.deepcopy(original).double(), x.double())[0]
+    assert_close(out, ref64, fp32_budget(ref, ref64))
+    tally = ferfuse.engine.report(model).form_tally()
+    assert tally["MBConv blocks"], "the other blocks still run as C calls"
