@@ -211,34 +211,41 @@ class FusedUnit:
 
     def wire(self, model: nn.Module):
         """Note where each module this unit fuses hangs in `model` (its parent's `_modules` and
-        the name there) and each module under it, so that an assignment replacing one is seen."""
-        wiring = []
+        the name there), each module under it and the names of every such module's children, so
+        that an assignment replacing one, or a child added or removed, is seen."""
+        wiring, children = [], []
         for name, module in self.covered.items():
             parent, _, attr = name.rpartition(".")
             if name:
                 wiring.append(((model.get_submodule(parent) if parent else model)._modules, attr, module, name))
-            wiring += [(m._modules, child_name, child, f"{qualified}.{child_name}" if qualified else child_name)
-                       for qualified, m in module.named_modules(prefix=name) for child_name, child in m._modules.items()]
-        self._wiring = wiring
+            for qualified, m in module.named_modules(prefix=name):
+                children.append((m._modules, tuple(m._modules), qualified))
+                wiring += [(m._modules, child_name, child, f"{qualified}.{child_name}" if qualified else child_name)
+                           for child_name, child in m._modules.items()]
+        self._wiring, self._children = wiring, children
         self._wired_at = _ASSIGNMENTS[0]
 
     def rewired(self) -> str | None:
-        """The name of a module this unit fused that another has replaced since optimize()
-        (`model.fc = nn.Linear(...)`), or None. Its folded weights are the replaced module's, so
-        the unit runs the original modules, which hold the new one, while it stays replaced (a
-        warning says so once, and the report). One comparison while no module anywhere was assigned
-        since the last look; then every slot is looked at."""
+        """What changed in the modules this unit fused since optimize(): one replaced by another
+        (`model.fc = nn.Linear(...)`), or a child added or removed (a layer appended to a fused
+        nn.Sequential; torch.nn.utils.parametrize registering a weight's parametrization, whose
+        tensors folding does not follow); None if nothing. The folded weights then no longer
+        stand for the modules, so the unit runs the original modules while the change stands (a
+        warning says so once, and the report). One comparison while no module anywhere was
+        assigned since the last look; then every slot is looked at."""
         count = _ASSIGNMENTS[0]
         if self.__dict__.get("_wired_at") == count:
             return None
-        moved = next((name for table, attr, module, name in self.__dict__.get("_wiring", ())
-                      if table.get(attr) is not module), None)
+        moved = next((f"{name} was replaced" for table, attr, module, name in self.__dict__.get("_wiring", ())
+                      if table.get(attr) is not module), None) or \
+            next((f"{name or 'the model'} gained or lost a submodule" for table, names, name in
+                  self.__dict__.get("_children", ()) if tuple(table) != names), None)
         if moved is None:
             self._wired_at = count
         elif not self.__dict__.get("_rewired_warned"):
             self._rewired_warned = True
-            warnings.warn(f"ferfuse: {moved} was replaced after optimize(): {self.pattern} {self.names()[0]} runs its "
-                          "original modules from now on; optimize() the model again to fuse the new one", stacklevel=3)
+            warnings.warn(f"ferfuse: {moved} after optimize(): {self.pattern} {self.names()[0]} runs its original "
+                          "modules from now on; optimize() the model again to fuse them as they are", stacklevel=3)
         return moved
 
     def hooked(self) -> bool:

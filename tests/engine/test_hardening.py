@@ -424,3 +424,25 @@ def test_a_conv_replaced_inside_a_chained_mbconv_block(gen):
     assert_close(out, ref64, fp32_budget(ref, ref64))
     tally = ferfuse.engine.report(model).form_tally()
     assert tally["MBConv blocks"], "the other blocks still run as C calls"
+
+
+def test_a_weight_parametrized_after_optimize_is_followed(gen):
+    """torch.nn.utils.parametrizations.weight_norm on a fused classifier after optimize(): the
+    weight now comes from tensors folding never saw, so the unit runs its original modules, and a
+    later in-place change to them shows in the logits (before, it went unseen: DAN's logits off by
+    twice their size)."""
+    from torch.nn.utils import parametrizations
+
+    model = ferfuse.optimize(randomize_batchnorm(UpstreamDAN(num_head=2), seed=11).eval())
+    x = torch.randn(2, 3, 112, 112, generator=gen)
+    parametrizations.weight_norm(model.fc)
+    with pytest.warns(UserWarning, match=r"fc gained or lost a submodule after optimize\(\)"):
+        _outputs(model, x)
+    with torch.no_grad():
+        model.fc.parametrizations.weight.original1.mul_(-1.5)
+    reference = copy.deepcopy(model)
+    ferfuse.revert(reference)
+    got, ref = _outputs(model, x)[0], _outputs(reference, x)[0]
+    ref64 = _outputs(copy.deepcopy(reference).double(), x.double())[0]
+    assert_close(got, ref64, fp32_budget(ref, ref64), "logits after the parametrized weight changed")
+    assert "note: fc gained or lost a submodule after optimize()" in str(ferfuse.engine.report(model))
