@@ -5,8 +5,9 @@ state_dict is unchanged) and the folded weights are rebuilt whenever one of them
 (`load_state_dict`, an optimizer step, `.to()`), detected by each tensor's identity, version
 counter and data pointer. A write through `.data` (`p.data.copy_(w)`) bumps no version counter
 and goes unseen: load weights with `load_state_dict` or in place under `torch.no_grad()`. A module
-assigned in place of one a unit fused (`model.fc = nn.Linear(...)`, `seq[i] = block`) is seen too
-(`rewired`): that unit runs the original modules, which now hold the new one, and says so. Units
+assigned in place of one a unit fused (`model.fc = nn.Linear(...)`, `seq[i] = block`), or a child
+added under one (a weight parametrization), is seen too (`rewired`): that unit runs the original
+modules as they now are, and says so. Units
 install themselves by rebinding `forward` on the live modules (and their display names, so
 `print(model)` shows the swap); `uninstall` restores the class's forward.
 """
@@ -205,7 +206,7 @@ class FusedUnit:
         """The fused path runs in eval mode only; training (and autograd through the input)
         takes the original modules, and so does a call where a hook must see a module the fused
         path does not call or whose output it changes, and every call after one of the modules it
-        fused was replaced."""
+        fused was replaced or gained or lost a child (`rewired`)."""
         return self.enabled and not module.training and not in_original_path() and not self.hooked() \
             and not self.rewired()
 
