@@ -245,9 +245,13 @@ class FusedUnit:
             self._wired_at = count
         elif not self.__dict__.get("_rewired_warned"):
             self._rewired_warned = True
-            warnings.warn(f"ferfuse: {moved} after optimize(): {self.pattern} {self.names()[0]} runs its original "
-                          "modules from now on; optimize() the model again to fuse them as they are", stacklevel=3)
+            warnings.warn(f"ferfuse: {self.rewired_note(moved)}", stacklevel=3)
         return moved
+
+    def rewired_note(self, moved: str) -> str:
+        """What the warning and the report say of a change `rewired` found."""
+        return (f"{moved} after optimize(): {self.pattern} {self.names()[0]} runs its original modules; "
+                "optimize() the model again to fuse them as they are")
 
     def hooked(self) -> bool:
         """Whether a forward hook or pre-hook is registered on a module this unit hides (a conv

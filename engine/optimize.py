@@ -161,8 +161,7 @@ def _unit_tallies(state: EngineState) -> list:
 
 def _rewired_notes(state: EngineState) -> list[str]:
     """A note per unit one of whose modules was replaced after optimize() (FusedUnit.rewired)."""
-    return [f"{moved} after optimize(): {unit.pattern} {unit.names()[0]} runs its original modules; "
-            "optimize() the model again to fuse them as they are" for unit in state.units if (moved := unit.rewired())]
+    return [unit.rewired_note(moved) for unit in state.units if (moved := unit.rewired())]
 
 
 def _entry(unit: FusedUnit) -> FusedEntry:
