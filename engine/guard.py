@@ -11,6 +11,7 @@ import contextlib
 import copy
 import time
 import types
+import warnings
 
 import torch
 import torch.nn as nn
@@ -60,6 +61,7 @@ class InputGuard:
         # oneDNN's fused ReLU maps NaN to 0: such inputs take the original path to propagate exactly
         self.nonfinite_to_original = nonfinite_to_original
         self.choice: ExecutorChoice | None = None  # the convolution executor per input shape
+        self.autocast_warned = False
 
     def dry_run(self, shape: tuple):
         """Raise a ValueError naming the size when an input of `shape` (C×H×W) cannot pass through
@@ -87,6 +89,14 @@ class InputGuard:
         raise ValueError(f"{type(self.meta).__name__} has no `input_size` and takes none of the usual FER sizes: "
                          f"pass example_inputs=(a batch the model accepts,) to optimize(); tried "
                          + "; ".join(tried))
+
+    @torch.compiler.disable
+    def warn_autocast(self, model_name: str):
+        if not self.autocast_warned:
+            self.autocast_warned = True
+            warnings.warn(f"ferfuse: torch.autocast is enabled, so {model_name} runs its original forward (the fused "
+                          "path computes at optimize()'s precision, not per op as autocast sets it); call it outside "
+                          "autocast to run fused", stacklevel=4)
 
     @torch.compiler.disable
     def check(self, x):
@@ -131,6 +141,14 @@ def _guarded_forward(self, x, *args, **kwargs):
         # needs no gradient: a script without no_grad() keeps the fused path, as units downstream
         # of a layer with trainable weights would otherwise all see inputs requiring grad
         if not x.numel() or (x.requires_grad and torch.is_grad_enabled()):
+            with original_path():
+                return inner(x, *args, **kwargs)
+        # under torch.autocast each op picks its own reduced precision: the fused units compute at
+        # optimize()'s precision, and maps from the aten ops between them would reach them in
+        # autocast's dtype (a bfloat16 residual into a float32 oneDNN conv raised, HAFEM). The
+        # original forward runs under it, as it would without ferfuse, and a warning says so once
+        if torch.is_autocast_enabled(x.device.type):
+            guard.warn_autocast(type(self).__name__)
             with original_path():
                 return inner(x, *args, **kwargs)
         # one reduction: any NaN or ±Inf makes the sum non-finite (an overflowing finite sum merely

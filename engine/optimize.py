@@ -159,9 +159,14 @@ def _unit_tallies(state: EngineState) -> list:
     return [unit.tally() for unit in state.units]
 
 
-def _rewired_notes(state: EngineState) -> list[str]:
-    """A note per unit one of whose modules was replaced after optimize() (FusedUnit.rewired)."""
-    return [unit.rewired_note(moved) for unit in state.units if (moved := unit.rewired())]
+def _live_notes(state: EngineState) -> list[str]:
+    """What calls since optimize() changed: a note per unit one of whose modules was replaced
+    (FusedUnit.rewired), and whether a call under torch.autocast ran the original forward."""
+    notes = [unit.rewired_note(moved) for unit in state.units if (moved := unit.rewired())]
+    if state.guard is not None and state.guard.autocast_warned:
+        notes.append("calls under torch.autocast ran the original forward (autocast sets each op's precision); "
+                     "outside autocast the model runs fused")
+    return notes
 
 
 def _entry(unit: FusedUnit) -> FusedEntry:
@@ -227,7 +232,7 @@ def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32"
     state = EngineState(units, rep)
     rep.conv_runners = functools.partial(_conv_runners, state)
     rep.unit_tallies = functools.partial(_unit_tallies, state)
-    rep.live_notes = functools.partial(_rewired_notes, state)
+    rep.live_notes = functools.partial(_live_notes, state)
     model.__dict__[STATE_ATTR] = state
     if units:
         guard.install(model)  # outermost: checks run before any fused unit launches a kernel
@@ -238,7 +243,9 @@ def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32"
                       stacklevel=2)
     entries = {id(u): _entry(u) for u in units}
     if verify and units:
-        with _in_eval_mode(model):
+        # verified as called outside autocast, which would run the baseline and the reference in its
+        # reduced precision and make every budget meaningless; calls under it run the original
+        with _in_eval_mode(model), torch.autocast(device.type, enabled=False):
             _verify(model, reference, lowp, state, entries, example_inputs, device, strict)
     rep.fused = [entries[id(u)] for u in state.units]
     if state.guard is not None and state.guard.nonfinite_to_original:

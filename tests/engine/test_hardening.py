@@ -446,3 +446,40 @@ def test_a_weight_parametrized_after_optimize_is_followed(gen):
     ref64 = _outputs(copy.deepcopy(reference).double(), x.double())[0]
     assert_close(got, ref64, fp32_budget(ref, ref64), "logits after the parametrized weight changed")
     assert "note: fc gained or lost a submodule after optimize()" in str(ferfuse.engine.report(model))
+
+
+def test_a_call_under_autocast_runs_the_original_forward(gen, monkeypatch):
+    """Under torch.autocast every op takes the precision autocast gives it, while the fused units
+    compute at optimize()'s. Before, an optimised HAFEM raised under CPU autocast (a bfloat16
+    residual met a float32 oneDNN convolution) and DAN returned a mixture of both precisions. The
+    guard runs the original forward under autocast, as the model would run without ferfuse, warns
+    once and notes it in the report; outside autocast the model runs fused again. optimize() itself
+    called under autocast verifies as outside it (before, its baseline ran in bfloat16: budgets of
+    ~3e-2 on DAN's logits)."""
+    import warnings
+
+    from ferfuse.engine.patterns.conv_bn import FoldedConvBN
+    for original, size in [(_efficientnet_stages(), 64), (randomize_batchnorm(UpstreamDAN(num_head=2), seed=2).eval(), 112)]:
+        example = torch.randn(2, 3, size, size, generator=gen)
+        with torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings():
+            warnings.simplefilter("error")  # verification ran outside autocast: the guard never saw it
+            model = ferfuse.optimize(copy.deepcopy(original), example_inputs=(example,))
+        outside = ferfuse.optimize(copy.deepcopy(original), example_inputs=(example,))
+        assert ferfuse.engine.report(model).logits_baseline == ferfuse.engine.report(outside).logits_baseline
+        x = torch.randn(2, 3, size, size, generator=gen)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            expected = _outputs(original, x)
+            with pytest.warns(UserWarning, match="torch.autocast is enabled"):
+                got = _outputs(model, x)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # once per model
+                again = _outputs(model, x)
+        for out in (got, again):
+            assert [t.dtype for t in out] == [t.dtype for t in expected]
+            assert all(torch.equal(a, b) for a, b in zip(out, expected)), type(original).__name__
+        assert "calls under torch.autocast ran the original forward" in str(ferfuse.engine.report(model))
+        runs = []
+        monkeypatch.setattr(FoldedConvBN, "forward", lambda self, t, f=FoldedConvBN.forward: runs.append(1) or f(self, t))
+        _outputs(model, x)
+        monkeypatch.undo()
+        assert runs, "outside autocast the model left the fused path"
