@@ -1,18 +1,23 @@
-"""An optimised model still traces: torch.compile (inductor, CPU) runs it and agrees with it."""
+"""An optimised model under torch.compile (CPU): the compiled call runs the optimised forward as it
+is, since its fused units are C kernels the compiler cannot see into. Before, dynamo broke the
+graph at every unit, compiled 23 graphs for DAN, hit its recompile limit (each unit's frame
+recompiled per unit) and ran DAN 1.26× and HAFEM 1.28× slower than the optimised model uncompiled."""
 import torch
 
 from ferfuse import models
 from ferfuse.models import randomize_batchnorm
-from helpers import assert_close
 
 
-def test_optimized_dan_runs_under_torch_compile(gen):
+def test_torch_compile_runs_the_optimised_forward_as_it_is(gen):
     model = randomize_batchnorm(models.dan()).eval().optimize()
     x = torch.randn(2, 3, 224, 224, generator=gen)
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     compiled = torch.compile(model)
     with torch.no_grad():
         expected = model(x)
-        got = compiled(x)
-    assert_close(got[0], expected[0], 1e-5, "compiled logits")  # inductor may re-order fp32 sums
-    assert_close(got[2], expected[2], 1e-5, "compiled heads")
+        for _ in range(2):
+            got = compiled(x)
+            assert all(torch.equal(g, e) for g, e in zip(got, expected))  # the same kernels ran
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 0
+    assert not torch._dynamo.utils.counters["unimplemented"]  # no recompile limit reached
