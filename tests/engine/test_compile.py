@@ -21,3 +21,13 @@ def test_torch_compile_runs_the_optimised_forward_as_it_is(gen):
             assert all(torch.equal(g, e) for g, e in zip(got, expected))  # the same kernels ran
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 0
     assert not torch._dynamo.utils.counters["unimplemented"]  # no recompile limit reached
+
+
+def test_torch_export_of_an_optimised_cpu_model_says_what_to_do(gen):
+    """torch.export traces with fake tensors, which the C kernels cannot take: before, it failed
+    deep inside the guard ("Could not guard on data-dependent expression")."""
+    import pytest
+
+    model = randomize_batchnorm(models.dan(num_heads=2)).eval().optimize(verify=False)
+    with pytest.raises(RuntimeError, match=r"torch.export cannot trace an optimised DAN on CPU.*export_onnx"):
+        torch.export.export(model, (torch.randn(2, 3, 224, 224, generator=gen),))
