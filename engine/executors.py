@@ -230,8 +230,11 @@ class ConvRunner:
         self.stride, self.padding, self.dilation = list(stride), list(padding), list(dilation)
         self.groups, self.bias, self.weight = groups, bias, weight
         self._packed: dict[tuple, torch.Tensor] = {}
-        # grouped convs (DAN's heads) were measured slower as Winograd on both ISAs: direct only
-        self.winograd_eligible = groups == 1 and winograd.eligible(weight, stride, padding, dilation)
+        # grouped convs too where every group is a GEMM of at least one 16-channel panel each way
+        # (DAN's and MACA-Net's merged head convs: 4 groups of 256 → 512 channels on 7×7), not a
+        # depthwise or narrow-group conv, whose tiny GEMMs the timing would only reject
+        self.winograd_eligible = winograd.eligible(weight, stride, padding, dilation) and \
+            (groups == 1 or min(weight.shape[0] // groups, weight.shape[1]) >= pointwise.NR)
         self._winograd: dict[int, winograd.WinogradConv] = {}  # per tile size, built on first use
         self.pointwise_eligible = pointwise.eligible(weight, stride, padding, dilation, groups)
         self._gemm: pointwise.PointwiseConv | None = None  # packed on first use
@@ -266,7 +269,7 @@ class ConvRunner:
     def winograd(self, tile: int) -> winograd.WinogradConv:
         conv = self._winograd.get(tile)
         if conv is None:  # a racing thread builds an equal one: harmless
-            conv = self._winograd[tile] = winograd.WinogradConv(self.weight, self.bias, tile=tile)
+            conv = self._winograd[tile] = winograd.WinogradConv(self.weight, self.bias, self.groups, tile)
         return conv
 
     def winograd_engines(self) -> list[str]:

@@ -192,7 +192,22 @@ def test_runner_times_its_tile_per_shape(gen, monkeypatch):
     runner.run(x, executor="aten")
     assert calls == [] and timed == []
     assert not ConvRunner(weight, bias, stride=(2, 2), padding=(1, 1)).winograd_eligible
-    assert not ConvRunner(weight[:, :4], bias, padding=(1, 1), groups=2).winograd_eligible
+    assert not ConvRunner(weight[:, :4], bias, padding=(1, 1), groups=2).winograd_eligible  # 4-channel groups
+
+
+@pytest.mark.parametrize("form", ["winograd-f4", "winograd-f2", "winograd-f4-gemm", "winograd-f2-gemm"])
+def test_a_grouped_conv_runs_as_grouped_winograd(gen, form):
+    """DAN's and MACA-Net's merged head convs are grouped (one group per head): each group of at
+    least a 16-channel panel each way is a GEMM per tile position, in one grouped call; depthwise and
+    narrow-group convs stay direct."""
+    n, c, k, groups = 2, 64, 96, 4
+    x, weight, bias = _case(gen, n, c, k, 9, 7, groups=groups)
+    runner = ConvRunner(weight, bias, padding=(1, 1), groups=groups)
+    assert runner.winograd_eligible and runner.forms("relu") == (None, 4, 2)
+    expected = F.relu(F.conv2d(x.double(), weight.double(), bias.double(), padding=1, groups=groups))
+    assert_close(runner.run(x, act="relu", executor=form), expected, OP_TOL, form)
+    assert runner.planned(tuple(x.shape), "relu", False, form)[0] == int(form[10])
+    assert not ConvRunner(torch.randn(c, 1, 3, 3), None, padding=(1, 1), groups=c).winograd_eligible
 
 
 def test_optimize_with_winograd_executor(gen):
