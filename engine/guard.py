@@ -135,11 +135,12 @@ def _guarded_forward(self, x, *args, **kwargs):
     # on CPU the fused units are C kernels a compiler cannot see into: torch.compile over the model
     # broke its graph at every unit and recompiled per unit until dynamo's limit (DAN 1.26× and
     # HAFEM 1.28× slower than the optimised model uncompiled), so the forward runs as it is
-    if guard.device.type == "cpu" and torch.compiler.is_dynamo_compiling():
-        return _uncompiled_forward(self, x, *args, **kwargs)
-    if guard.device.type == "cpu" and torch.compiler.is_compiling():  # torch.export's non-strict trace
-        raise RuntimeError(f"torch.export cannot trace an optimised {type(self).__name__} on CPU: its fused units are "
-                           "C kernels that take real tensors. Export the model before optimize(), or its folded "
+    if guard.device.type == "cpu" and torch.compiler.is_compiling():
+        if torch.compiler.is_dynamo_compiling():
+            return _uncompiled_forward(self, x, *args, **kwargs)
+        # torch.export's non-strict trace: compiling, without dynamo
+        raise RuntimeError(f"torch.export cannot trace an optimised {type(self).__name__} on CPU: its fused units "
+                           "are C kernels that take real tensors. Export the model before optimize(), or its folded "
                            "graph with ferfuse.engine.export_onnx(model, path)")
     inner = guard.previous_forward or types.MethodType(type(self).forward, self)
     if not self.training and not torch.jit.is_tracing():  # a trace (ONNX export) records no checks

@@ -2,6 +2,7 @@
 is, since its fused units are C kernels the compiler cannot see into. Before, dynamo broke the
 graph at every unit, compiled 23 graphs for DAN, hit its recompile limit (each unit's frame
 recompiled per unit) and ran DAN 1.26× and HAFEM 1.28× slower than the optimised model uncompiled."""
+import pytest
 import torch
 
 from ferfuse import models
@@ -26,8 +27,6 @@ def test_torch_compile_runs_the_optimised_forward_as_it_is(gen):
 def test_torch_export_of_an_optimised_cpu_model_says_what_to_do(gen):
     """torch.export traces with fake tensors, which the C kernels cannot take: before, it failed
     deep inside the guard ("Could not guard on data-dependent expression")."""
-    import pytest
-
     model = randomize_batchnorm(models.dan(num_heads=2)).eval().optimize(verify=False)
     with pytest.raises(RuntimeError, match=r"torch.export cannot trace an optimised DAN on CPU.*export_onnx"):
         torch.export.export(model, (torch.randn(2, 3, 224, 224, generator=gen),))

@@ -5,6 +5,7 @@ units see their modules' calls."""
 import copy
 import io
 import threading
+import warnings
 
 import pytest
 import torch
@@ -173,6 +174,11 @@ def _outputs(model, x) -> list[torch.Tensor]:
         return _tensors(model(x))
 
 
+def _first_output_fp32_and_float64(original, x) -> tuple[torch.Tensor, torch.Tensor]:
+    """`original`'s first output on x, and that of a float64 copy of it: a fused model's budget."""
+    return _outputs(original, x)[0], _outputs(copy.deepcopy(original).double(), x.double())[0]
+
+
 def test_an_empty_batch_answers_as_the_original(gen):
     """A frame without faces makes a batch of 0: before, the C kernels divided by its size (MHAN
     killed the process with SIGFPE, HAFEM raised ZeroDivisionError)."""
@@ -310,7 +316,8 @@ def test_a_hook_inside_a_chained_mbconv_block(gen):
     plain, exact = _hooked_outputs(original, name, x), _hooked_outputs(copy.deepcopy(original).double(), name, x.double())
     assert len(seen) == 1 and seen[0].shape == plain[0].shape
     assert_close(seen[0], exact[0], fp32_budget(plain[0], exact[0]), "what the hook saw")
-    out, ref, ref64 = _outputs(model, x)[0], _outputs(original, x)[0], _outputs(copy.deepcopy(original).double(), x.double())[0]
+    out = _outputs(model, x)[0]
+    ref, ref64 = _first_output_fp32_and_float64(original, x)
     assert_close(out, ref64, fp32_budget(ref, ref64))
 
 
@@ -334,7 +341,7 @@ def test_a_pruned_conv_follows_its_mask(gen):
         model.features[0].weight_mask[:, :, :2].zero_()  # prune two rows of every 7×7 kernel more
     out = _outputs(model, x)[0]
     original = ferfuse.revert(copy.deepcopy(model))
-    ref, ref64 = _outputs(original, x)[0], _outputs(copy.deepcopy(original).double(), x.double())[0]
+    ref, ref64 = _first_output_fp32_and_float64(original, x)
     assert_close(out, ref64, fp32_budget(ref, ref64))
 
 
@@ -393,7 +400,7 @@ def test_a_module_replaced_after_optimize_is_run(gen):
     ferfuse.revert(reference)
     with pytest.warns(UserWarning, match=r"fc was replaced after optimize\(\): dan_heads .* optimize\(\) the model again"):
         got = _outputs(model, x)[0]
-    ref, ref64 = _outputs(reference, x)[0], _outputs(copy.deepcopy(reference).double(), x.double())[0]
+    ref, ref64 = _first_output_fp32_and_float64(reference, x)
     assert_close(got, ref64, fp32_budget(ref, ref64), "logits after the classifier was replaced")
     assert "note: fc was replaced after optimize(): dan_heads" in str(ferfuse.engine.report(model))
     assert ferfuse.engine.attention_maps(model, x) is None  # no active unit computes them now
@@ -420,7 +427,7 @@ def test_a_conv_replaced_inside_a_chained_mbconv_block(gen):
     original[2][0].block[1][0] = copy.deepcopy(new)
     with pytest.warns(UserWarning, match=r"2\.0\.block\.1\.0 was replaced after optimize\(\)"):
         out = _outputs(model, x)[0]
-    ref, ref64 = _outputs(original, x)[0], _outputs(copy.deepcopy(original).double(), x.double())[0]
+    ref, ref64 = _first_output_fp32_and_float64(original, x)
     assert_close(out, ref64, fp32_budget(ref, ref64))
     tally = ferfuse.engine.report(model).form_tally()
     assert tally["MBConv blocks"], "the other blocks still run as C calls"
@@ -442,8 +449,8 @@ def test_a_weight_parametrized_after_optimize_is_followed(gen):
         model.fc.parametrizations.weight.original1.mul_(-1.5)
     reference = copy.deepcopy(model)
     ferfuse.revert(reference)
-    got, ref = _outputs(model, x)[0], _outputs(reference, x)[0]
-    ref64 = _outputs(copy.deepcopy(reference).double(), x.double())[0]
+    got = _outputs(model, x)[0]
+    ref, ref64 = _first_output_fp32_and_float64(reference, x)
     assert_close(got, ref64, fp32_budget(ref, ref64), "logits after the parametrized weight changed")
     assert "note: fc gained or lost a submodule after optimize()" in str(ferfuse.engine.report(model))
 
@@ -456,8 +463,6 @@ def test_a_call_under_autocast_runs_the_original_forward(gen, monkeypatch):
     once and notes it in the report; outside autocast the model runs fused again. optimize() itself
     called under autocast verifies as outside it (before, its baseline ran in bfloat16: budgets of
     ~3e-2 on DAN's logits)."""
-    import warnings
-
     from ferfuse.engine.patterns.conv_bn import FoldedConvBN
     for original, size in [(_efficientnet_stages(), 64), (randomize_batchnorm(UpstreamDAN(num_head=2), seed=2).eval(), 112)]:
         example = torch.randn(2, 3, size, size, generator=gen)
