@@ -122,17 +122,24 @@ RECHECK_AFTER = 8
 RECHECK_MARGIN = 1.25
 
 
+def shape_key(shape) -> tuple:
+    """What an executor choice is kept per: the input shape and the thread count the call runs at
+    (a model optimised at 2 threads and then served at 1 meets different bests: each is timed)."""
+    return tuple(shape), torch.get_num_threads()
+
+
 class ExecutorChoice:
-    """Per input shape, the fastest of `candidates`, timed on the first call of that shape (a
-    call in flight for another shape waits for the timing) and checked once against the calls
-    that follow (`observe`). `by_shape`, `timings` and `retimed` are read by the report."""
+    """Per input shape and thread count (`shape_key`), the fastest of `candidates`, timed on the
+    first call of that shape (a call in flight for another shape waits for the timing) and checked
+    once against the calls that follow (`observe`). `by_shape`, `timings` and `retimed` are read by
+    the report."""
 
     def __init__(self, candidates: tuple[str, ...]):
         self.candidates = candidates
-        self.by_shape: dict[tuple, str] = {}
+        self.by_shape: dict[tuple, str] = {}  # shape_key -> executor
         self.timings: dict[tuple, dict[str, float]] = {}
-        self.retimed: dict[tuple, str] = {}  # shape -> why it was timed again
-        self._observed: dict[tuple, list[float]] = {}  # shape -> ms of the calls since its timing
+        self.retimed: dict[tuple, str] = {}  # shape_key -> why it was timed again
+        self._observed: dict[tuple, list[float]] = {}  # shape_key -> ms of the calls since its timing
         self._lock = threading.Lock()
 
     def __getstate__(self):  # deepcopy/pickle of an optimised model: the lock is not state
@@ -159,32 +166,34 @@ class ExecutorChoice:
         def choose():
             if len(self.candidates) == 1:
                 return self.candidates[0]
-            best, self.timings[shape] = fastest(self.candidates, run)
-            self._observed[shape] = []
+            best, self.timings[key] = fastest(self.candidates, run)
+            self._observed[key] = []
             return best
 
-        shape = tuple(x.shape)
-        return once(self.by_shape, shape, self._lock, choose)
+        key = shape_key(x.shape)
+        return once(self.by_shape, key, self._lock, choose)
 
     def observe(self, shape: tuple, ms: float):
-        """One call of `shape` on its chosen executor took `ms`; the RECHECK_AFTER-th decides."""
-        seen = self._observed.get(shape)
-        if seen is None or shape in self.retimed:  # not timed (one candidate), or checked already
+        """One call of `shape` (at this thread count) on its chosen executor took `ms`; the
+        RECHECK_AFTER-th decides."""
+        key = shape_key(shape)
+        seen = self._observed.get(key)
+        if seen is None or key in self.retimed:  # not timed (one candidate), or checked already
             return
         seen.append(ms)
         # checked once (a racing call may have taken it): a shape that still loses on re-timing stays
-        if len(seen) < RECHECK_AFTER or self._observed.pop(shape, None) is None:
+        if len(seen) < RECHECK_AFTER or self._observed.pop(key, None) is None:
             return
-        chosen, timed = self.by_shape.get(shape), self.timings.get(shape, {})
+        chosen, timed = self.by_shape.get(key), self.timings.get(key, {})
         losers = {k: v for k, v in timed.items() if k != chosen}
         if chosen is None or not losers:
             return
         loser = min(losers, key=losers.get)
         if min(seen) > RECHECK_MARGIN * losers[loser]:
-            self.retimed[shape] = (f"timed again: its {len(seen)} calls on {chosen} took at best {min(seen):.1f} ms, "
-                                   f"against {losers[loser]:.1f} ms timed on {loser}")
+            self.retimed[key] = (f"timed again: its {len(seen)} calls on {chosen} took at best {min(seen):.1f} ms, "
+                                 f"against {losers[loser]:.1f} ms timed on {loser}")
             with self._lock:
-                self.by_shape.pop(shape, None)
+                self.by_shape.pop(key, None)
 
 
 def onednn_available() -> bool:

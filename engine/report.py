@@ -5,7 +5,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .executors import FORM_NAMES, GEMM_ENGINE_NAMES
+from .executors import FORM_NAMES, GEMM_ENGINE_NAMES, shape_key
 from .patterns import Skip
 
 
@@ -28,9 +28,10 @@ class Report:
     precision: str
     device: str
     executors: tuple[str, ...] = ("aten",)  # the convolution executors that may run (engine/executors.py)
-    executor_by_shape: dict = field(default_factory=dict)  # input shape -> executor, filled by first calls
-    executor_timings: dict = field(default_factory=dict)  # input shape -> {executor: ms}
-    executor_retimed: dict = field(default_factory=dict)  # input shape -> why it was timed again
+    # (input shape, threads) -> executor, filled by first calls (executors.shape_key)
+    executor_by_shape: dict = field(default_factory=dict)
+    executor_timings: dict = field(default_factory=dict)  # (input shape, threads) -> {executor: ms}
+    executor_retimed: dict = field(default_factory=dict)  # (input shape, threads) -> why it was timed again
     fused: list[FusedEntry] = field(default_factory=list)
     skipped: list[Skip] = field(default_factory=list)
     reverted: list[tuple[FusedEntry, str]] = field(default_factory=list)
@@ -79,8 +80,9 @@ class Report:
         return groups
 
     def executor_for(self, shape: tuple) -> str | None:
-        """The executor chosen for inputs of `shape` (None before the first call of that shape)."""
-        return self.executor_by_shape.get(tuple(shape)) or (self.executors[0] if len(self.executors) == 1 else None)
+        """The executor chosen for inputs of `shape` at this thread count (None before the first
+        call of that shape)."""
+        return self.executor_by_shape.get(shape_key(shape)) or (self.executors[0] if len(self.executors) == 1 else None)
 
     def __str__(self) -> str:
         lines = [f"ferfuse report: {self.model} on {self.device}, backend {self.backend}, precision {self.precision}, "
@@ -112,15 +114,16 @@ class Report:
         else:
             lines.append("not verified (verify=False)")
         if len(self.executors) > 1:
-            lines.append("convolution executor per input shape (timed on its first call):")
+            lines.append("convolution executor per input shape and thread count (timed on its first call):")
             if not self.executor_by_shape:
                 lines.append("  none yet: each new input shape is timed on its first call")
-            for shape, chosen in list(self.executor_by_shape.items()):
-                times = self.executor_timings.get(shape, {})
-                lines.append(f"  {shape}: {chosen}" + (" (" + ", ".join(f"{k} {v:.1f} ms" for k, v in times.items())
-                                                       + ")" if times else ""))
-                if shape in self.executor_retimed:
-                    lines.append(f"    {self.executor_retimed[shape]}")
+            for key, chosen in list(self.executor_by_shape.items()):
+                times = self.executor_timings.get(key, {})
+                shape, threads = key
+                lines.append(f"  {shape} at {threads} thread{'s' * (threads > 1)}: {chosen}"
+                             + (" (" + ", ".join(f"{k} {v:.1f} ms" for k, v in times.items()) + ")" if times else ""))
+                if key in self.executor_retimed:
+                    lines.append(f"    {self.executor_retimed[key]}")
         for kind, counts in self.form_tally().items():
             per = "block" if kind == "MBConv blocks" else "conv"
             lines.append(f"tuned {kind} (winograd executor), per {per} and input shape: "

@@ -101,7 +101,29 @@ def test_one_optimize_serves_every_batch_size():
         original, fused = _errors_against_float64(model, optimised, x)
         assert fused <= LOGITS_K * original + 1e-6, f"batch {batch}: {fused:.2e} vs {original:.2e}"
         assert rep.executor_for(x.shape) in rep.executors
-    assert {s[0] for s in rep.executor_by_shape} == {1, 2, 8, 32} and "(32, 3, 112, 112)" in str(rep)
+    assert {shape[0] for shape, _ in rep.executor_by_shape} == {1, 2, 8, 32} and "(32, 3, 112, 112)" in str(rep)
+
+
+def test_each_thread_count_times_its_own_executor():
+    """A model optimised at one thread count and then called at another (a server that sets its
+    threads after loading) times the executors again there: what is fastest at 2 threads need not
+    be at 1, and the report lists each choice with its thread count."""
+    model = randomize_batchnorm(models.dan(num_heads=2), seed=7).eval()
+    optimised = copy.deepcopy(model).optimize()
+    rep = ferfuse.report(optimised)
+    threads = torch.get_num_threads()
+    other = 2 if threads == 1 else 1
+    x = torch.randn(1, 3, 112, 112, generator=torch.Generator().manual_seed(0))
+    _errors_against_float64(model, optimised, x)
+    try:
+        torch.set_num_threads(other)
+        original, fused = _errors_against_float64(model, optimised, x)
+        assert fused <= LOGITS_K * original + 1e-6, f"{fused:.2e} vs {original:.2e} at {other} threads"
+        assert rep.executor_for(x.shape) in rep.executors
+    finally:
+        torch.set_num_threads(threads)
+    assert set(rep.executor_by_shape) == {((1, 3, 112, 112), threads), ((1, 3, 112, 112), other)}
+    assert f"(1, 3, 112, 112) at {other} thread" in str(rep) and f"(1, 3, 112, 112) at {threads} thread" in str(rep)
 
 
 def test_a_mistimed_executor_choice_is_timed_again(monkeypatch):
@@ -117,23 +139,23 @@ def test_a_mistimed_executor_choice_is_timed_again(monkeypatch):
 
     monkeypatch.setattr(executors, "fastest", timing)
     choice, shape = executors.ExecutorChoice(("slow", "fast")), (1, 3, 8, 8)
-    x = torch.zeros(shape)
+    x, key = torch.zeros(shape), executors.shape_key(shape)
     assert choice.for_input(x, lambda t: None) == "slow"
     for _ in range(executors.RECHECK_AFTER):
         assert choice.for_input(x, lambda t: None) == "slow"
         choice.observe(shape, costs["slow"])
-    assert shape not in choice.by_shape and "5.0 ms, against 2.0 ms timed on fast" in choice.retimed[shape]
+    assert key not in choice.by_shape and "5.0 ms, against 2.0 ms timed on fast" in choice.retimed[key]
     skewed.append(False)
     assert choice.for_input(x, lambda t: None) == "fast"  # timed again, without the burst
     for _ in range(2 * executors.RECHECK_AFTER):  # checked once only
         choice.observe(shape, costs["fast"] * 10)
-    assert choice.by_shape[shape] == "fast"
+    assert choice.by_shape[key] == "fast"
     steady = executors.ExecutorChoice(("slow", "fast"))
     skewed.append(False)
     steady.for_input(x, lambda t: None)
     for _ in range(executors.RECHECK_AFTER):
         steady.observe(shape, costs["fast"] * 1.2)  # a little slower than timed: no re-timing
-    assert steady.by_shape[shape] == "fast" and not steady.retimed
+    assert steady.by_shape[key] == "fast" and not steady.retimed
 
 
 def test_upstream_mhan_class_needs_no_arguments():
