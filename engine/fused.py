@@ -11,6 +11,7 @@ modules as they now are, and says so. Units
 install themselves by rebinding `forward` on the live modules (and their display names, so
 `print(model)` shows the swap); `uninstall` restores the class's forward.
 """
+import contextlib
 import functools
 import threading
 import warnings
@@ -72,7 +73,7 @@ class FusedUnit:
         self.dtype = dtype
         self.allow_tf32 = allow_tf32
         self.enabled = True
-        self.decomposed = False  # standard aten ops only (ONNX export, FLOP counting)
+        self.decomposed = False  # standard aten ops only (ONNX export, FLOP counting): see aten_only
         self._cache = None
         self._installed: list[nn.Module] = []
 
@@ -122,7 +123,7 @@ class FusedUnit:
         """The cached folded weights if they were folded for `device`, in this mode, from the
         covered tensors as they are now; else None."""
         cache = self._cache
-        if cache is not None and cache[0] == (device, self.decomposed) and self._unchanged(cache[2]):
+        if cache is not None and cache[0] == (device, self.aten_only()) and self._unchanged(cache[2]):
             return cache[1]
         return None
 
@@ -138,12 +139,20 @@ class FusedUnit:
                 # ordinary tensors even on a call under torch.inference_mode: an inference tensor
                 # cannot meet autograd, and a later call with grad enabled runs the heads' autograd
                 # form on these weights
-                with torch.inference_mode(False), torch.no_grad():
+                with torch.inference_mode(False), torch.no_grad(), _tracer_paused():
                     # detached: `.to()` of an unchanged parameter returns the parameter itself
                     weights = {k: v.detach() if isinstance(v, torch.Tensor) else v
                                for k, v in self.fold(device).items()}
-                self._cache = (device, self.decomposed), weights, sources
+                self._cache = (device, self.aten_only()), weights, sources
             return weights
+
+    def aten_only(self) -> bool:
+        """Whether this call computes with standard aten ops on the folded weights: set for ONNX
+        export and FLOP counting (`decomposed`), and whenever torch.jit traces, so that a user's
+        `torch.jit.trace` of an optimised model records the folded graph. The C kernels write
+        through raw pointers a tracer cannot see (the trace would keep an empty buffer), and
+        oneDNN's fused conv takes an argument the tracer refuses."""
+        return self.decomposed or torch.jit.is_tracing()
 
     def fold(self, device: torch.device) -> dict:
         """Derive the fused weights (on `device`) from the covered modules' current tensors."""
@@ -151,7 +160,7 @@ class FusedUnit:
 
     def call(self, op, *args):
         """Run the fused op `op` (a kernels registry declaration) on this unit's backend."""
-        return op(*args, backend=self.backend, allow_tf32=self.allow_tf32, decomposed=self.decomposed)
+        return op(*args, backend=self.backend, allow_tf32=self.allow_tf32, decomposed=self.aten_only())
 
     def conv_runners(self, device: torch.device | None) -> list:
         """The folded convolutions (executors.ConvRunner) this unit runs on `device`; with None,
@@ -172,7 +181,7 @@ class FusedUnit:
 
     def conv_executor(self) -> str:
         """The executor for this call: set per input shape by the model's guard (use_executor)."""
-        return "aten" if self.decomposed else selected_executor(self.executor)
+        return "aten" if self.aten_only() else selected_executor(self.executor)
 
     # -- installing: rebinding forward on live modules -------------------------------------------
     def run(self, module: nn.Module, x: torch.Tensor):
@@ -277,6 +286,21 @@ class FusedUnit:
 
     def names(self) -> list[str]:
         return list(self.covered)
+
+
+@contextlib.contextmanager
+def _tracer_paused():
+    """torch.jit's tracer off while inside: folding during a trace (`aten_only`) then gives the
+    trace constants, the folded graph, rather than recording the fold, which a trace of one fused
+    submodule cannot do (its BatchNorm's parameters lie outside the traced module: "Cannot insert
+    a Tensor that requires grad as a constant"). torch has no public switch for it: these are the
+    calls its tracer's own state goes through."""
+    state = torch._C._get_tracing_state()
+    torch._C._set_tracing_state(None)
+    try:
+        yield
+    finally:
+        torch._C._set_tracing_state(state)
 
 
 def global_hooks() -> bool:

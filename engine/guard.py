@@ -122,9 +122,12 @@ class InputGuard:
         self.previous_forward = model.__dict__.get("forward")
         model.__dict__[GUARD_ATTR] = self
         model.forward = bind(_guarded_forward, model)
+        # torch.jit.script calls this before it compiles a module (an instance attribute serves)
+        model.__dict__[SCRIPT_HOOK] = bind(_refuse_script, model)
 
     def uninstall(self, model: nn.Module):
         model.__dict__.pop(GUARD_ATTR, None)
+        model.__dict__.pop(SCRIPT_HOOK, None)
         model.__dict__.pop("forward", None)
         if self.previous_forward is not None:
             model.forward = self.previous_forward
@@ -178,6 +181,17 @@ def _guarded_forward(self, x, *args, **kwargs):
 
 
 _uncompiled_forward = torch.compiler.disable(_guarded_forward)
+
+SCRIPT_HOOK = "__prepare_scriptable__"
+
+
+def _refuse_script(self):
+    """torch.jit.script of an optimised model: TorchScript compiles Python source, and the fused
+    units' forwards are Python around kernels it cannot compile (without this, an AttributeError
+    about functools.partial from deep inside the scripting)."""
+    raise RuntimeError(f"torch.jit.script cannot compile an optimised {type(self).__name__}: its fused units are "
+                       "Python around C or Triton kernels. torch.jit.trace(model, example) records its folded graph "
+                       "(standard aten ops on the folded weights); or script the model before optimize()")
 
 
 def _timing_run(model: nn.Module, fn, *args, **kwargs):

@@ -266,7 +266,7 @@ def _runs_its_call(module: nn.Module, unit: FusedMBConv) -> bool:
     fused, active, no hooks of its own, its forward the one the unit installed."""
     return (module.__dict__.get(UNIT_ATTR) is unit and not (module._forward_hooks or module._forward_pre_hooks)
             and installed_forward(module) is fused_forward
-            and unit.active(module) and not unit.decomposed)
+            and unit.active(module) and not unit.aten_only())
 
 
 class Plan:
