@@ -15,8 +15,12 @@ from pathlib import Path
 
 # -march=native: the machine's own vector width; no -ffast-math, so NaN and Inf stay IEEE;
 # -fno-trapping-math (results unchanged, FP exceptions are never trapped here) lets gcc turn a
-# select such as PReLU's `v > 0 ? v : a*v` into vector blends instead of a scalar branch
-FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fno-trapping-math", "-fopenmp", "-fPIC", "-shared"]
+# select such as PReLU's `v > 0 ? v : a*v` into vector blends instead of a scalar branch.
+# FERFUSE_MARCH builds for another -march (x86-64-v3: the AVX2 path; x86-64: the scalar one), so
+# that one machine can test each path its sources hold (tests/engine/test_isa.py)
+def flags() -> list[str]:
+    march = os.environ.get("FERFUSE_MARCH") or "native"
+    return ["-O3", f"-march={march}", "-mprefer-vector-width=512", "-fno-trapping-math", "-fopenmp", "-fPIC", "-shared"]
 
 
 class NativeUnavailable(RuntimeError):
@@ -54,14 +58,15 @@ def build(source: Path) -> ctypes.CDLL:
     """Compile `source` into a shared library (once per machine and source) and load it."""
     cc = os.environ.get("CC", "cc")
     text = _with_local_includes(source)
-    key = hashlib.sha256(text + " ".join([cc, *FLAGS, _cpu_signature()]).encode()).hexdigest()[:16]
+    options = flags()
+    key = hashlib.sha256(text + " ".join([cc, *options, _cpu_signature()]).encode()).hexdigest()[:16]
     target = cache_dir() / f"{source.stem}-{key}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
         try:
-            done = subprocess.run([cc, *FLAGS, str(source), "-o", tmp], capture_output=True, text=True)
+            done = subprocess.run([cc, *options, str(source), "-o", tmp], capture_output=True, text=True)
         except OSError as err:
             os.unlink(tmp)
             raise NativeUnavailable(f"no C compiler ({cc}: {err.strerror})") from None
