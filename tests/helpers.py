@@ -153,3 +153,13 @@ class UpstreamMHAN(nn.Module):
         y = self.Linear(x * y)
         y = y.view(y.size(0), -1)
         return self.fc(y), x, heads
+
+
+def efficientnet_stages(stages: int = 3) -> nn.Module:
+    """torchvision's own EfficientNet-B0 stem and first `stages` stages, BatchNorm statistics
+    randomised: MBConv blocks with and without an expand conv, 3×3 and 5×5 (from the third
+    stage), stride 1 and 2, with and without the residual; run as one C call each, chained."""
+    from ferfuse.models import randomize_batchnorm
+
+    return randomize_batchnorm(torchvision.models.efficientnet_b0(weights=None).features[:stages + 1], seed=5).eval()
+

@@ -16,7 +16,7 @@ import ferfuse
 from ferfuse import models
 from ferfuse.engine.executors import use_executor
 from ferfuse.models import randomize_batchnorm
-from helpers import assert_close, fp32_budget
+from helpers import assert_close, efficientnet_stages, fp32_budget
 
 
 def test_torch_compile_runs_the_optimised_forward_as_it_is(gen):
@@ -46,20 +46,12 @@ def _logits(out) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def _efficientnet_stages():
-    """torchvision's EfficientNet-B0 stem and first three stages: MBConv blocks, whose C forms
-    write through raw pointers a tracer cannot see."""
-    import torchvision
-
-    return randomize_batchnorm(torchvision.models.efficientnet_b0(weights=None).features[:4], seed=5).eval()
-
-
 @pytest.mark.parametrize("executor", [None, "ferfuse-c"])
 def test_torch_jit_trace_records_the_folded_graph(executor, gen):
     """A user's torch.jit.trace of an optimised model records standard aten ops on the folded
     weights, whichever form its convs took: before, DAN's trace failed inside oneDNN's fused conv
     ("unsupported input list type: Scalar?"), and the C forms' writes were invisible to it."""
-    cases = [(randomize_batchnorm(models.dan(num_heads=2), seed=3).eval(), 112), (_efficientnet_stages(), 64)]
+    cases = [(randomize_batchnorm(models.dan(num_heads=2), seed=3).eval(), 112), (efficientnet_stages(3), 64)]
     for original, size in cases:
         reference = copy.deepcopy(original).double()
         model = ferfuse.engine.optimize(copy.deepcopy(original),

@@ -21,7 +21,7 @@ from ferfuse.engine.depthwise import ACTIVATIONS, CoordinateAttention, MixedDept
 from ferfuse.engine.patterns import mbconv, mix_depthwise
 from ferfuse.models import randomize_batchnorm
 from ferfuse.models.mixed_feature_net import Conv_block, CoordAtt, Mix_Depth_Wise
-from helpers import assert_close, fp32_budget, rel_error
+from helpers import assert_close, efficientnet_stages, fp32_budget, rel_error
 
 pytestmark = pytest.mark.skipif(depthwise.LIBRARY.unavailable_reason() is not None,
                                 reason=f"depthwise C kernels not built: {depthwise.LIBRARY.unavailable_reason()}")
@@ -262,17 +262,9 @@ def test_without_a_compiler_blocks_run_as_torch_ops_and_the_report_says_so(monke
     _assert_matches_float64(model, reference, "torch form", [torch.randn(2, 3, 32, 32, generator=gen)])
 
 
-def _efficientnet_stages():
-    """torchvision's own EfficientNet-B0 stem and first three stages: MBConv blocks with and
-    without an expand conv, 3×3 and 5×5, stride 1 and 2, with and without the residual."""
-    import torchvision
-
-    return randomize_batchnorm(torchvision.models.efficientnet_b0(weights=None).features[:4], seed=5).eval()
-
-
 @pytest.mark.parametrize("executor", ["winograd", "onednn", "aten"])
 def test_fused_mbconv_blocks_match_float64(executor, gen):
-    model = _efficientnet_stages()
+    model = efficientnet_stages(3)
     reference = copy.deepcopy(model).double()
     optimize(model, executor=executor, example_inputs=(torch.randn(2, 3, 64, 64, generator=gen),), strict=True)
     rep = report(model)
@@ -287,7 +279,7 @@ def test_fused_mbconv_blocks_match_float64(executor, gen):
 
 
 def test_mbconv_with_another_gate_is_skipped_with_its_reason():
-    model = _efficientnet_stages()
+    model = efficientnet_stages(3)
     model[2][1].block[2].scale_activation = nn.Hardsigmoid()
     optimize(model, example_inputs=(torch.randn(1, 3, 64, 64),))
     assert any(s.module == "2.1" and "Sigmoid" in s.reason for s in report(model).skipped)
@@ -327,7 +319,7 @@ def test_mbconv_intermediates_in_scratch_maps(threads, gen, poisoned_empty, monk
     """EfficientNet's blocks with every 1×1 conv on ferfuse's GEMM and every depthwise conv on the
     C loops (the expand and depthwise outputs in scratch maps), at batch 3, 1 and 3 in turn, from
     concurrent threads: every output matches float64, and none lies in a scratch buffer."""
-    model = _efficientnet_stages()
+    model = efficientnet_stages(3)
     reference = copy.deepcopy(model).double()
     optimize(model, executor="winograd", example_inputs=(torch.randn(2, 3, 48, 48, generator=gen),), strict=True)
     _c_forms(monkeypatch)
@@ -365,7 +357,7 @@ def test_mbconv_block_as_one_c_call_is_bit_identical_to_its_four(gen, monkeypatc
     """With every conv on its C form ("ferfuse-c", verified by optimize), each block from its
     second call at a shape on runs as one C call (engine/mobile.py): the same passes in the same
     order, so the same bits as the four calls; a block whose depthwise conv is on oneDNN does not."""
-    model = _efficientnet_stages()
+    model = efficientnet_stages(3)
     optimize(model, executor="winograd", example_inputs=(torch.randn(2, 3, 48, 48, generator=gen),), strict=True)
     assert "ferfuse-c" in report(model).verified_forms
     x = torch.randn(3, 3, 45, 37, generator=gen)
@@ -402,7 +394,7 @@ def test_blocks_in_a_row_run_as_one_c_call_bit_identical_to_their_calls(batch, g
     """The trunk (an nn.Sequential of stages, each an nn.Sequential of blocks) runs its five blocks
     as one chained C call once each block has planned its own call at its shape: the same bits as
     the blocks called one by one, and the report says the blocks ran chained."""
-    model = _efficientnet_stages()
+    model = efficientnet_stages(3)
     optimize(model, executor="winograd", example_inputs=(torch.randn(2, 3, 48, 48, generator=gen),), strict=True)
     _c_forms(monkeypatch)
     x = torch.randn(batch, 3, 45, 37, generator=gen)
@@ -424,7 +416,7 @@ def test_a_chain_runs_block_by_block_where_a_block_must_be_seen(gen, monkeypatch
     hook sees its call) and the blocks beside it stay chained; with the hook gone, all five chain
     again. Changed weights: block by block until the blocks have planned their new calls, and the
     output follows the weights now held."""
-    model = _efficientnet_stages()
+    model = efficientnet_stages(3)
     reference = copy.deepcopy(model).double()
     optimize(model, executor="winograd", example_inputs=(torch.randn(2, 3, 48, 48, generator=gen),), strict=True)
     x = torch.randn(2, 3, 45, 37, generator=gen)
@@ -462,7 +454,7 @@ def test_a_chain_runs_block_by_block_where_a_block_must_be_seen(gen, monkeypatch
 
 
 def test_revert_restores_the_sequentials_own_forward(gen):
-    model = _efficientnet_stages()
+    model = efficientnet_stages(3)
     optimize(model, executor="winograd", example_inputs=(torch.randn(2, 3, 48, 48, generator=gen),))
     chained = [m for m in model.modules() if mbconv.CHAIN_ATTR in m.__dict__]
     assert set(map(id, chained)) == {id(model), id(model[1]), id(model[2]), id(model[3])}
@@ -476,7 +468,7 @@ def test_mbconv_block_in_sample_groups(cache_mb, gen, monkeypatch):
     a group of samples at a time (engine/mobile.py samples_per_pass): with a 20 kB cache one sample,
     with 1 MB groups of 1, 3 or 5 as the blocks' maps shrink, with an unknown size the whole batch.
     Every output matches float64, and the batch equals its samples run alone up to the gates' sums."""
-    model = _efficientnet_stages()
+    model = efficientnet_stages(3)
     reference = copy.deepcopy(model).double()
     optimize(model, executor="winograd", example_inputs=(torch.randn(2, 3, 48, 48, generator=gen),), strict=True)
     _c_forms(monkeypatch)
@@ -499,7 +491,7 @@ def test_mbconv_block_in_sample_groups(cache_mb, gen, monkeypatch):
 def test_a_block_of_mixed_forms_keeps_the_faster_of_one_call_and_four(winner, gen, monkeypatch):
     """Where a block's 1×1 convs chose oneDNN and its depthwise conv the C loops, the tuned
     executor times the block as one C call against its four calls and keeps the winner."""
-    model = _efficientnet_stages()
+    model = efficientnet_stages(3)
     optimize(model, executor="winograd", example_inputs=(torch.randn(2, 3, 48, 48, generator=gen),), strict=True)
     monkeypatch.setattr(ConvRunner, "tuned_form", lambda self, x, act, residual, forms: "depthwise"
                         if "depthwise" in forms else None)

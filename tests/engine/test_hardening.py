@@ -15,7 +15,7 @@ import ferfuse
 from ferfuse import models
 from ferfuse.engine import executors
 from ferfuse.models import randomize_batchnorm
-from helpers import UpstreamDAN, assert_close, fp32_budget
+from helpers import UpstreamDAN, assert_close, efficientnet_stages, fp32_budget
 
 
 @pytest.fixture(scope="module")
@@ -157,14 +157,6 @@ def test_a_model_moved_after_optimize_says_so(gen):
         assert model(torch.randn(1, 3, 64, 64, generator=gen))[0].shape == (1, 7)
 
 
-def _efficientnet_stages():
-    """torchvision's EfficientNet-B0 stem and first two stages: MBConv blocks (one C call each,
-    chained) with and without an expand conv, stride 1 and 2."""
-    import torchvision
-
-    return randomize_batchnorm(torchvision.models.efficientnet_b0(weights=None).features[:3], seed=5).eval()
-
-
 def _tensors(out) -> list[torch.Tensor]:
     """A model's output as a flat list (MHAN returns logits, features and a list of head maps)."""
     return [t for o in out for t in _tensors(o)] if isinstance(out, (tuple, list)) else [out]
@@ -183,7 +175,7 @@ def _first_output_fp32_and_float64(original, x) -> tuple[torch.Tensor, torch.Ten
 def test_an_empty_batch_answers_as_the_original(gen):
     """A frame without faces makes a batch of 0: before, the C kernels divided by its size (MHAN
     killed the process with SIGFPE, HAFEM raised ZeroDivisionError)."""
-    stages = _efficientnet_stages()
+    stages = efficientnet_stages(2)
     for original, size in [(stages, 64), (models.mhan().eval(), 112)]:
         optimised = ferfuse.optimize(copy.deepcopy(original), example_inputs=(torch.randn(2, 3, size, size, generator=gen),))
         assert ferfuse.engine.report(optimised).fused
@@ -210,7 +202,7 @@ def test_an_optimised_model_saves_and_loads_whole(gen):
     and the loaded forwards could not be bound again. What is saved is the weights and the fused
     structure; packed weights, plans and timed choices are caches the loaded copy makes again on
     its own CPU."""
-    for original, size in [(_efficientnet_stages(), 64), (randomize_batchnorm(UpstreamDAN(num_head=2), seed=4).eval(), 112)]:
+    for original, size in [(efficientnet_stages(2), 64), (randomize_batchnorm(UpstreamDAN(num_head=2), seed=4).eval(), 112)]:
         reference = copy.deepcopy(original).double()
         optimised = ferfuse.optimize(copy.deepcopy(original), example_inputs=(torch.randn(2, 3, size, size, generator=gen),))
         x = torch.randn(3, 3, size, size, generator=gen)
@@ -254,7 +246,7 @@ def test_a_gradient_through_the_input_is_the_original_one(gen, monkeypatch):
     lost without a word (input.grad None after backward). A grad-enabled call on an input that
     needs no gradient (a script without no_grad) keeps the fused path."""
     from ferfuse.engine.patterns.conv_bn import FoldedConvBN
-    for original, size in [(_efficientnet_stages(), 64), (randomize_batchnorm(UpstreamDAN(num_head=2), seed=2).eval(), 112)]:
+    for original, size in [(efficientnet_stages(2), 64), (randomize_batchnorm(UpstreamDAN(num_head=2), seed=2).eval(), 112)]:
         model = ferfuse.optimize(copy.deepcopy(original), example_inputs=(torch.randn(2, 3, size, size, generator=gen),))
         x = torch.randn(2, 3, size, size, generator=gen)
         grads = []
@@ -308,7 +300,7 @@ def test_a_hook_inside_a_fused_unit_sees_the_original_call(dan, name, gen):
 def test_a_hook_inside_a_chained_mbconv_block(gen):
     """A hook on the depthwise conv inside one of a chain of MBConv blocks: that block runs its
     original modules (the hook fires once, with the original's output), the rest stay fused."""
-    original = _efficientnet_stages()
+    original = efficientnet_stages(2)
     model = ferfuse.optimize(copy.deepcopy(original))
     x = torch.randn(1, 3, 96, 96, generator=gen)
     _outputs(model, x)  # the first call at this shape plans the chain
@@ -415,7 +407,7 @@ def test_a_module_replaced_after_optimize_is_run(gen):
 def test_a_conv_replaced_inside_a_chained_mbconv_block(gen):
     """A conv replaced deep inside one MBConv block of a chain (`block[1][0] = conv`): that block
     leaves the chain and runs its original modules, with the new conv; the others stay fused."""
-    original = _efficientnet_stages()
+    original = efficientnet_stages(2)
     model = ferfuse.optimize(copy.deepcopy(original))
     x = torch.randn(1, 3, 96, 96, generator=gen)
     _outputs(model, x)  # plans the chain
@@ -465,7 +457,7 @@ def test_a_call_under_autocast_runs_the_original_forward(gen, monkeypatch):
     called under autocast verifies as outside it (before, its baseline ran in bfloat16: budgets of
     ~3e-2 on DAN's logits)."""
     from ferfuse.engine.patterns.conv_bn import FoldedConvBN
-    for original, size in [(_efficientnet_stages(), 64), (randomize_batchnorm(UpstreamDAN(num_head=2), seed=2).eval(), 112)]:
+    for original, size in [(efficientnet_stages(2), 64), (randomize_batchnorm(UpstreamDAN(num_head=2), seed=2).eval(), 112)]:
         example = torch.randn(2, 3, size, size, generator=gen)
         with torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings():
             warnings.simplefilter("error")  # verification ran outside autocast: the guard never saw it
