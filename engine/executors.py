@@ -13,8 +13,8 @@
 
 A fused model holds one `ConvRunner` per folded convolution; which executor a call uses is set
 by the model's guard for that call (`use_executor`), from an `ExecutorChoice` that times the
-candidates on the first call of every input shape: cuDNN's benchmark mode, TensorRT's
-optimisation profiles. No rule measured on one instruction set decides it for another (AVX2 and
+candidates on the first call of every input shape (the batch rounded up to a power of two,
+`timing_shape`): cuDNN's benchmark mode, TensorRT's optimisation profiles. No rule measured on one instruction set decides it for another (AVX2 and
 AVX-512 pack, tile and fuse differently: engine.md)."""
 import threading
 import time
@@ -122,10 +122,22 @@ RECHECK_AFTER = 8
 RECHECK_MARGIN = 1.25
 
 
+def timing_shape(shape) -> tuple:
+    """The input shape a timed choice (executor, a conv's form, a Winograd GEMM's engine) is kept
+    for: the batch rounded up to a power of two, so batches 5 to 8 share the choice the first of
+    them timed. Each timing runs the forward or conv about three times per candidate: a stream of
+    ragged batch sizes (a dynamic-batching server, the last batch of a dataset) timed every size
+    anew (DAN, batch sizes 1 to 16 in turn on the 2-core Zen 4: 51 s of first calls, against 2.2 s
+    for the same calls after), where a power of two spans a regime that the timings tell apart."""
+    n = shape[0]
+    return (1 << max(0, n - 1).bit_length(), *shape[1:])
+
+
 def shape_key(shape) -> tuple:
-    """What an executor choice is kept per: the input shape and the thread count the call runs at
-    (a model optimised at 2 threads and then served at 1 meets different bests: each is timed)."""
-    return tuple(shape), torch.get_num_threads()
+    """What an executor choice is kept per: the input shape (`timing_shape`) and the thread count
+    the call runs at (a model optimised at 2 threads and then served at 1 meets different bests:
+    each is timed)."""
+    return timing_shape(shape), torch.get_num_threads()
 
 
 class ExecutorChoice:
@@ -373,9 +385,10 @@ class ConvRunner:
                          None if act is None else unary, [], "")
 
     def problem(self, x, act, residual) -> tuple:
-        """What a form's timing depends on: geometry, input shape, epilogue, threads (FORM_BY_PROBLEM)."""
+        """What a form's timing depends on: geometry, input shape (`timing_shape`), epilogue, threads
+        (FORM_BY_PROBLEM)."""
         return (tuple(self.weight.shape), tuple(self.stride), tuple(self.padding), tuple(self.dilation),
-                self.groups, tuple(x.shape), act, residual is not None, torch.get_num_threads())
+                self.groups, timing_shape(x.shape), act, residual is not None, torch.get_num_threads())
 
     @torch.compiler.disable
     def tuned_form(self, x, act, residual, forms) -> int | str | None:

@@ -114,7 +114,8 @@ class Report:
         else:
             lines.append("not verified (verify=False)")
         if len(self.executors) > 1:
-            lines.append("convolution executor per input shape and thread count (timed on its first call):")
+            lines.append("convolution executor per input shape (the batch rounded up to a power of two) and thread count, "
+                         "timed on its first call:")
             if not self.executor_by_shape:
                 lines.append("  none yet: each new input shape is timed on its first call")
             for key, chosen in list(self.executor_by_shape.items()):

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 import ferfuse
-from ferfuse.engine import executors
+from ferfuse.engine import executors, winograd
 from ferfuse import models
 from ferfuse.engine.patterns.resnet_block import FusedBasicBlock
 from ferfuse.engine.verify import budget, errors, original_error
@@ -124,6 +124,26 @@ def test_each_thread_count_times_its_own_executor():
         torch.set_num_threads(threads)
     assert set(rep.executor_by_shape) == {((1, 3, 112, 112), threads), ((1, 3, 112, 112), other)}
     assert f"(1, 3, 112, 112) at {other} thread" in str(rep) and f"(1, 3, 112, 112) at {threads} thread" in str(rep)
+
+
+def test_batches_up_to_the_next_power_of_two_share_one_timing():
+    """A ragged stream of batch sizes times once per power of two: batch 7 after batch 5 runs on
+    what batch 5 timed (executor, each conv's form, the Winograd GEMMs' engines), with no timing of
+    its own, and matches float64 within the budget; batch 9 is timed."""
+    model = randomize_batchnorm(models.dan(num_heads=2), seed=8).eval()
+    optimised = copy.deepcopy(model).optimize()
+    rep = ferfuse.report(optimised)
+    shape = (3, 112, 112)
+    _errors_against_float64(model, optimised, torch.randn(5, *shape, generator=torch.Generator().manual_seed(0)))
+    forms, engines = len(executors.FORM_BY_PROBLEM), len(winograd.ENGINE_BY_PROBLEM)
+    x = torch.randn(7, *shape, generator=torch.Generator().manual_seed(1))
+    original, fused = _errors_against_float64(model, optimised, x)
+    assert fused <= LOGITS_K * original + 1e-6, f"batch 7: {fused:.2e} vs {original:.2e}"
+    assert list(rep.executor_timings) == [((8, *shape), torch.get_num_threads())]
+    assert (len(executors.FORM_BY_PROBLEM), len(winograd.ENGINE_BY_PROBLEM)) == (forms, engines)
+    _errors_against_float64(model, optimised, torch.randn(9, *shape, generator=torch.Generator().manual_seed(2)))
+    assert ((16, *shape), torch.get_num_threads()) in rep.executor_timings
+    assert "(8, 3, 112, 112) at" in str(rep) and "rounded up to a power of two" in str(rep)
 
 
 def test_a_mistimed_executor_choice_is_timed_again(monkeypatch):
