@@ -14,8 +14,9 @@
 A fused model holds one `ConvRunner` per folded convolution; which executor a call uses is set
 by the model's guard for that call (`use_executor`), from an `ExecutorChoice` that times the
 candidates on the first call of every input shape (the batch rounded up to a power of two,
-`timing_shape`): cuDNN's benchmark mode, TensorRT's optimisation profiles. No rule measured on one instruction set decides it for another (AVX2 and
-AVX-512 pack, tile and fuse differently: engine.md)."""
+`timing_shape`): cuDNN's benchmark mode, TensorRT's optimisation profiles. No rule measured on one
+instruction set decides it for another (AVX2 and AVX-512 pack, tile and fuse differently:
+engine.md)."""
 import threading
 import time
 
@@ -125,10 +126,11 @@ RECHECK_MARGIN = 1.25
 def timing_shape(shape) -> tuple:
     """The input shape a timed choice (executor, a conv's form, a Winograd GEMM's engine) is kept
     for: the batch rounded up to a power of two, so batches 5 to 8 share the choice the first of
-    them timed. Each timing runs the forward or conv about three times per candidate: a stream of
-    ragged batch sizes (a dynamic-batching server, the last batch of a dataset) timed every size
-    anew (DAN, batch sizes 1 to 16 in turn on the 2-core Zen 4: 51 s of first calls, against 2.2 s
-    for the same calls after), where a power of two spans a regime that the timings tell apart."""
+    them timed. Each timing runs the forward or conv about three times per candidate, so a stream
+    of ragged batch sizes (a dynamic-batching server, the last batch of a dataset) paid it for every
+    size: DAN at batch sizes 1 to 16 in turn spent 51.2 s in first calls on the 2-core Zen 4 (10.3 s
+    so), against 2.2-2.7 s for the same 16 calls after. Batches within a factor of two are one
+    regime for these choices; the weights are still packed per exact shape (`pack_for_shape`)."""
     n = shape[0]
     return (1 << max(0, n - 1).bit_length(), *shape[1:])
 
