@@ -136,9 +136,10 @@ def timing_shape(shape) -> tuple:
 
 
 def shape_key(shape) -> tuple:
-    """What an executor choice is kept per: the input shape (`timing_shape`) and the thread count
-    the call runs at (a model optimised at 2 threads and then served at 1 meets different bests:
-    each is timed)."""
+    """What every timed choice (the executor, a conv's form, a Winograd GEMM's engine) is kept per,
+    beside its problem's geometry: the input shape (`timing_shape`) and the thread count the call
+    runs at (a model optimised at 2 threads and then served at 1 meets different bests: each is
+    timed)."""
     return timing_shape(shape), torch.get_num_threads()
 
 
@@ -387,10 +388,10 @@ class ConvRunner:
                          None if act is None else unary, [], "")
 
     def problem(self, x, act, residual) -> tuple:
-        """What a form's timing depends on: geometry, input shape (`timing_shape`), epilogue, threads
+        """What a form's timing depends on: geometry, epilogue, input shape and threads (`shape_key`)
         (FORM_BY_PROBLEM)."""
         return (tuple(self.weight.shape), tuple(self.stride), tuple(self.padding), tuple(self.dilation),
-                self.groups, timing_shape(x.shape), act, residual is not None, torch.get_num_threads())
+                self.groups, act, residual is not None, *shape_key(x.shape))
 
     @torch.compiler.disable
     def tuned_form(self, x, act, residual, forms) -> int | str | None:

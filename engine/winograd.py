@@ -186,7 +186,7 @@ class WinogradConv:
 
     def gemm_engine(self, v: torch.Tensor) -> str:
         """The engine for GEMMs on V's shape: timed on the first call of the problem, kept after."""
-        from .executors import fastest, once, timing_shape
+        from .executors import fastest, once, shape_key
 
         def choose():
             if pointwise.unavailable_reason() is not None:
@@ -196,7 +196,7 @@ class WinogradConv:
                 self._packed.pop(tuple(v.shape), None)
             return best
 
-        key = (timing_shape(v.shape), self.in_channels, self.out_channels, self.groups, torch.get_num_threads())
+        key = (self.in_channels, self.out_channels, self.groups, *shape_key(v.shape))
         engine = once(ENGINE_BY_PROBLEM, key, _ENGINE_LOCK, choose)
         self.engines[tuple(v.shape)] = engine
         if engine != "gemm" and "gemm" not in self.engines.values():
