@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from ..kernels.compat import INTERPRET
-from . import winograd
+from . import memory, winograd
 from .executors import EXECUTORS, ONEDNN_EXECUTORS, ExecutorChoice, onednn_available, use_executor, verification_forms
 from .fused import FusedUnit, global_hooks, original_path
 from .guard import InputGuard, model_copy, weight_probe
@@ -174,7 +174,7 @@ def _entry(unit: FusedUnit) -> FusedEntry:
 
 
 def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32", verify: bool = True,
-             example_inputs=None, strict: bool = False, executor: str = "auto") -> nn.Module:
+             example_inputs=None, strict: bool = False, executor: str = "auto", reuse_memory: bool = True) -> nn.Module:
     """Fuse `model` in place for inference and return it.
 
     Targets are found by structure (see engine/patterns); parameters stay the truth and folded
@@ -182,7 +182,9 @@ def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32"
     precision and a float64 reference run on the same inputs before this returns: a fused unit
     whose error exceeds its budget (k × the original's own error + a floor) is reverted and
     reported, or raises with `strict=True`. Where several convolution executors may run, the first
-    call of each input shape times them and keeps the fastest for that shape.
+    call of each input shape times them and keeps the fastest for that shape. On a CPU model,
+    `reuse_memory` raises glibc's malloc thresholds once per process so that activations over
+    32 MB are reused from call to call instead of page-faulted afresh (engine/memory.py).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"optimize() takes a torch.nn.Module, got {type(model).__name__}")
@@ -199,6 +201,8 @@ def optimize(model: nn.Module, *, backend: str = "auto", precision: str = "fp32"
     rep = Report(type(model).__name__, backend, precision, str(device))
     executors = resolve_executors(executor, device, backend, dtype, rep)
     rep.executors = executors
+    if reuse_memory and device.type == "cpu":
+        rep.notes.append(memory.keep_large_blocks())
     reference = model_copy(model).double().eval() if verify else None
     # reduced precisions: the baseline is the original model run in that precision
     lowp = model_copy(model).to(dtype).eval() if verify and dtype != torch.float32 else None
