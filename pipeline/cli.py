@@ -25,7 +25,7 @@ def add_model_arguments(p):
     p.add_argument("--model", default="dan", help="network: dan, maca_net, mhan, hafem")
     p.add_argument("--checkpoint", default=None, help="a local checkpoint (upstream formats load as they are)")
     p.add_argument("--labels", default=None,
-                   help="label order: rafdb, affectnet7, affectnet8, ferplus or comma-separated names "
+                   help="label order: rafdb, affectnet7, affectnet8, ferplus, fer2013 or comma-separated names "
                         "(default: rafdb for 7 classes, affectnet8 for 8)")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"],
                    help="default: cpu (with --engine ray: cuda when the cluster has GPUs)")
@@ -148,8 +148,13 @@ def add_parsers(sub):
     p.set_defaults(func=predict)
 
     p = sub.add_parser("evaluate", help="accuracy on a labelled set, and agreement with the original model")
-    p.add_argument("root", help="an ImageFolder (sub-folders named by label) or the root of --list's paths")
+    p.add_argument("root", help="an ImageFolder (sub-folders named by label), the root of --list's paths, or "
+                                "FER2013's CSV (fer2013.csv)")
     p.add_argument("--list", default=None, help="'path label' lines (RAF-DB's list_patition_label.txt style)")
+    p.add_argument("--usage", default=None,
+                   help="FER2013's CSV: the rows of this Usage (default PrivateTest, the test split; 'all')")
+    p.add_argument("--ferplus", default=None, metavar="CSV",
+                   help="FER2013's CSV: label its rows by FERPlus's majority vote (fer2013new.csv)")
     p.add_argument("--detect", action="store_true", help="find the face in each image (else: aligned crops)")
     add_model_arguments(p)
     p.add_argument("--plot", default=None, metavar="PNG", help="write the confusion matrix here")
@@ -168,8 +173,13 @@ def evaluate(args) -> int:
     from .evaluate import evaluate as run, plot_confusion
 
     model = load_model(args.model, args.checkpoint, args.quiet)
-    result = run(model, args.root, list_file=args.list, detect=args.detect, labels=args.labels,
-                 batch_size=args.batch_size, device=args.device or "cpu", compare=not args.no_compare)
+    try:
+        result = run(model, args.root, list_file=args.list, detect=args.detect, labels=args.labels,
+                     batch_size=args.batch_size, device=args.device or "cpu", compare=not args.no_compare,
+                     usage=args.usage, ferplus=args.ferplus)
+    except (ValueError, OSError) as e:  # a set that cannot be read as labelled: what is wrong, no traceback
+        print(f"ferfuse evaluate: {e}", file=sys.stderr)
+        return 2
     if args.plot:
         plot_confusion(result, args.plot)
     print(result.to_json() if args.json else result.table())

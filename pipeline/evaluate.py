@@ -1,10 +1,11 @@
 """Accuracy of the optimised model on a labelled set, and its agreement with the original model
 on every image: verification on the user's own data.
 
-Layouts: an ImageFolder (one sub-folder per label, named as the model's labels, any case), or a
-list file of `path label` lines relative to the root, as RAF-DB's `list_patition_label.txt`:
-labels are 1-based indices into the model's label order or label names, and a listed `x.jpg`
-missing from the root is looked up as `x_aligned.jpg` (RAF-DB's aligned crops)."""
+Layouts: an ImageFolder (one sub-folder per label, named as the model's labels, any case, or by
+another dataset's name for the same emotion: SYNONYMS); a list file of `path label` lines relative
+to the root, as RAF-DB's `list_patition_label.txt`: labels are 1-based indices into the model's
+label order or label names, and a listed `x.jpg` missing from the root is looked up as
+`x_aligned.jpg` (RAF-DB's aligned crops); or FER2013's CSV, with FERPlus's votes (fer2013.py)."""
 import copy
 import json
 import os
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from ..engine import is_optimized, revert
+from . import fer2013
 from .predict import FacePipeline
 from .sources import IMAGE_EXTENSIONS, Failure
 
@@ -24,7 +26,9 @@ from .sources import IMAGE_EXTENSIONS, Failure
 class Evaluation:
     labels: list[str]
     images: int                       # images with a prediction
-    failed: dict[str, str]            # unreadable images and why
+    subset: str                       # FER2013's CSV: which rows ("Usage PrivateTest"); else ""
+    failed: dict[str, str]            # unreadable images (or CSV rows) and why
+    skipped: dict[str, int]           # why images carry no label the model has -> how many
     no_face: list[str]                # with detection: images where none was found (counted wrong)
     accuracy: float
     balanced_accuracy: float          # mean per-class recall over the classes present, as DAN reports
@@ -39,14 +43,17 @@ class Evaluation:
         return json.dumps(asdict(self), indent=2)
 
     def table(self) -> str:
-        lines = [f"{self.images} images: accuracy {self.accuracy:.4f}, balanced accuracy {self.balanced_accuracy:.4f}, "
-                 f"{self.images_per_s:.1f} images/s"]
+        lines = [f"{self.images} images{f' ({self.subset})' if self.subset else ''}: accuracy {self.accuracy:.4f}, "
+                 f"balanced accuracy {self.balanced_accuracy:.4f}, {self.images_per_s:.1f} images/s"]
         if self.agreement is not None:
             lines.append(f"optimised vs original model: top-1 agreement {self.agreement:.4%}, worst logit error "
                          f"{self.worst_logit_error:.2e} relative ({self.worst_logit_abs_error:.2e} absolute)")
         if self.failed:
             lines.append(f"{len(self.failed)} images could not be read: " + "; ".join(
                 f"{k}: {v}" for k, v in self.failed.items()))
+        if self.skipped:
+            lines.append(f"{sum(self.skipped.values())} left out: " + "; ".join(
+                f"{why} ({n})" for why, n in self.skipped.items()))
         if self.no_face:
             lines.append(f"{len(self.no_face)} images with no face found (counted as wrong)")
         width = max(len(label) for label in self.labels)
@@ -61,11 +68,23 @@ class Evaluation:
         return "\n".join(lines)
 
 
+# one emotion under the names the datasets give it: FER2013's "Angry" is RAF-DB's "Anger",
+# AffectNet's "Happy" FERPlus's "happiness"; an ImageFolder of FER2013 has folders named so
+SYNONYMS = {"angry": "anger", "happy": "happiness", "sad": "sadness", "surprised": "surprise",
+            "fearful": "fear", "disgusted": "disgust"}
+
+
+def _emotion(name: str) -> str:
+    name = name.strip().lower()
+    return SYNONYMS.get(name, name)
+
+
 def label_index(labels, value: str, index_base: int = 1) -> int:
-    """A label given by name (any case) or by index (`index_base`: 1 for RAF-DB's list files)."""
-    lowered = [label.lower() for label in labels]
-    if value.lower() in lowered:
-        return lowered.index(value.lower())
+    """A label given by name (any case, any of SYNONYMS) or by index (`index_base`: 1 for RAF-DB's
+    list files)."""
+    emotions = [_emotion(label) for label in labels]
+    if _emotion(value) in emotions:
+        return emotions.index(_emotion(value))
     if value.lstrip("-").isdigit() and 0 <= int(value) - index_base < len(labels):
         return int(value) - index_base
     raise ValueError(f"label {value!r} is none of {', '.join(labels)} (or {index_base}..{len(labels) - 1 + index_base})")
@@ -106,11 +125,36 @@ def labelled_images(root: str, labels, list_file: str | None = None, index_base:
     return items
 
 
+def _csv_inputs(dataset: fer2013.CsvSet, labels):
+    """FER2013's rows as (frames, truth by source, failed, skipped, subset): each dataset label
+    mapped to the model's by name (SYNONYMS), and rows whose label the model lacks (FERPlus's
+    contempt for a 7-class model) counted out with the reason."""
+    frames, truth, skipped = [], {}, dict(dataset.skipped)
+    for frame, label in zip(dataset.frames, dataset.labels):
+        try:
+            truth[frame.source] = label_index(labels, label, index_base=0)
+        except ValueError:
+            why = f"label {label} is not one of the model's ({', '.join(labels)})"
+            skipped[why] = skipped.get(why, 0) + 1
+            continue
+        frames.append(frame)
+    return frames, truth, dict(dataset.failed), skipped, dataset.subset
+
+
 def evaluate(model: torch.nn.Module, root: str, list_file: str | None = None, detect: bool = False,
              labels=None, batch_size: int | None = None, device: str = "cpu", compare: bool = True,
-             index_base: int = 1) -> Evaluation:
+             index_base: int = 1, usage: str | None = None, ferplus: str | None = None) -> Evaluation:
     """Optimise `model` (if it is not) and evaluate it on the set at `root`; with `compare`, the
-    original model runs on the same batches and the two are compared image by image."""
+    original model runs on the same batches and the two are compared image by image. `root` may
+    be FER2013's CSV: `usage` picks its split (default PrivateTest, 'all' for every row) and
+    `ferplus` (fer2013new.csv) labels its rows by FERPlus's majority vote."""
+    if not Path(root).exists():  # before the model is optimised
+        raise ValueError(f"{root}: no such file or folder")
+    is_csv = Path(root).suffix.lower() == ".csv" and Path(root).is_file()
+    if not is_csv and (usage or ferplus):
+        raise ValueError(f"usage and ferplus select rows of FER2013's CSV; {root} is not a .csv file")
+    # read (and refused, if malformed) before the model is optimised
+    dataset = fer2013.read(root, usage or fer2013.TEST_SPLIT, ferplus) if is_csv else None
     reference = None
     if compare:
         reference = copy.deepcopy(model)
@@ -118,14 +162,17 @@ def evaluate(model: torch.nn.Module, root: str, list_file: str | None = None, de
             revert(reference)
     pipe = FacePipeline(model, detector="haar" if detect else None, device=device, batch_size=batch_size,
                         labels=labels, reference=reference)
-    items = labelled_images(root, pipe.labels, list_file, index_base)
-    truth = dict(items)
+    if dataset is not None:
+        inputs, truth, failed, skipped, subset = _csv_inputs(dataset, pipe.labels)
+    else:
+        items = labelled_images(root, pipe.labels, list_file, index_base)
+        inputs, truth, failed, skipped, subset = [path for path, _ in items], dict(items), {}, {}, ""
     k = len(pipe.labels)
     confusion = np.zeros((k, k), dtype=np.int64)
-    failed, no_face, agree, seen = {}, [], 0, 0
+    no_face, agree, seen = [], 0, 0
     worst_abs, worst_rel = 0.0, 0.0
     t0 = time.perf_counter()
-    for result in pipe.results([path for path, _ in items]):
+    for result in pipe.results(inputs):
         if isinstance(result, Failure):
             failed[result.source] = result.message
             continue
@@ -149,7 +196,7 @@ def evaluate(model: torch.nn.Module, root: str, list_file: str | None = None, de
     present = [r for r in recall.values() if r is not None]
     total = seen + len(no_face)
     return Evaluation(
-        labels=list(pipe.labels), images=total, failed=failed, no_face=no_face,
+        labels=list(pipe.labels), images=total, subset=subset, failed=failed, skipped=skipped, no_face=no_face,
         accuracy=float(np.trace(confusion) / total) if total else 0.0,
         balanced_accuracy=float(np.mean(present)) if present else 0.0, recall=recall,
         confusion=confusion.tolist(), images_per_s=total / seconds if seconds > 0 else 0.0,

@@ -34,9 +34,9 @@ def resolve_batch_size(batch_size: int | None, device: str) -> int:
 
 
 def resolve_labels(labels, num_classes: int) -> tuple[str, ...]:
-    """The model's label order: a LABELS key ('rafdb', 'affectnet7', 'affectnet8', 'ferplus'), a
-    sequence of names, or None: 7 classes read as RAF-DB's order, 8 as AffectNet's (the datasets
-    DAN's checkpoints are published for); any other count needs explicit labels."""
+    """The model's label order: a LABELS key ('rafdb', 'affectnet7', 'affectnet8', 'ferplus',
+    'fer2013'), a sequence of names, or None: 7 classes read as RAF-DB's order, 8 as AffectNet's
+    (the datasets DAN's checkpoints are published for); any other count needs explicit labels."""
     if labels is None:
         default = {7: "rafdb", 8: "affectnet8"}.get(num_classes)
         if default is None:

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from photos import astronaut, write_rgb
+from photos import astronaut, face_variants, upstream_transform, write_rgb
 from PIL import Image
 
 from ferfuse import models
@@ -15,25 +15,6 @@ from ferfuse.engine.verify import budget
 from ferfuse.pipeline import FacePipeline
 from ferfuse.pipeline.evaluate import evaluate, plot_confusion
 from ferfuse.pipeline.explain import attention_maps, explain
-
-def upstream_transform():
-    from torchvision import transforms
-
-    return transforms.Compose([transforms.Resize((224, 224)), transforms.ToTensor(),
-                               transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
-
-
-def face_variants(n: int) -> list[np.ndarray]:
-    """Aligned-crop-like images: the astronaut's face with varied margins, mirrored, brightened."""
-    a = astronaut().astype(np.int16)
-    out = []
-    for i in range(n):
-        m = 4 * i
-        crop = a[55 - min(m, 50):170 + m, 170 - m:280 + m]
-        crop = crop[:, ::-1] if i % 2 else crop
-        out.append(np.clip(crop + 9 * (i % 5) - 18, 0, 255).astype(np.uint8))
-    return out
-
 
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory, dan_pair):
