@@ -53,8 +53,9 @@ def majority_label(votes: list[float]) -> str | None:
     return None
 
 
-def _ferplus_labels(path: str, rows: int) -> list[str | None]:
-    """Per row of fer2013.csv, the FERPlus label or why there is none ('no majority', ...)."""
+def _ferplus_labels(path: str) -> list[str]:
+    """Per row of fer2013new.csv, in order: the FERPlus label, or why the row has none ('no
+    majority among the annotators', ...)."""
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         names = _columns(reader, path, ("Image name", *FERPLUS_VOTES))
@@ -71,59 +72,65 @@ def _ferplus_labels(path: str, rows: int) -> list[str | None]:
             out.append("no majority among the annotators" if label is None else
                        "majority unknown" if label == "unknown" else
                        "majority not a face" if label == "NF" else label)
-    if len(out) != rows:
-        raise ValueError(f"{path} has {len(out)} rows and the FER2013 CSV {rows}: FERPlus's votes follow "
-                         "fer2013.csv row for row")
     return out
 
 
+def _face(pixels: str | None) -> tuple[np.ndarray | None, str]:
+    """The 48×48 grey face of a `pixels` cell as RGB (PIL's convert("RGB") of it), or None and why."""
+    try:
+        values = np.array((pixels or "").split(), dtype=np.int64)
+    except ValueError:
+        return None, "pixels are not integers"
+    if values.size != SIDE * SIDE:
+        return None, f"expected {SIDE * SIDE} pixel values ({SIDE}×{SIDE}), got {values.size}"
+    if values.min() < 0 or values.max() > 255:
+        return None, "pixel values outside 0-255"
+    grey = values.astype(np.uint8).reshape(SIDE, SIDE)
+    return np.repeat(grey[:, :, None], 3, axis=2), ""
+
+
 def read(path: str, usage: str = TEST_SPLIT, ferplus: str | None = None) -> CsvSet:
-    """The faces of `path` (fer2013.csv) in the split `usage` ('all': every row), labelled
-    by its `emotion` column, or with `ferplus` (fer2013new.csv) by FERPlus's majority vote. A row
-    whose pixels are not 2,304 values in 0..255 is a failure, named by its line."""
+    """The faces of `path` (fer2013.csv) in the split `usage` ('all': every row), labelled by its
+    `emotion` column, or with `ferplus` (fer2013new.csv) by FERPlus's majority vote. Read row by
+    row (the whole file is 287 MB of text); a row whose label or pixels cannot be read is a
+    failure, named by its line."""
+    votes = _ferplus_labels(ferplus) if ferplus else None
+    name, order = Path(path).name, LABELS["fer2013"]
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         names = _columns(reader, path, ("pixels",) if ferplus else ("emotion", "pixels"))
-        rows = list(reader)
-    split = names.get("usage")
-    if usage == "all" or split is None:
-        chosen = range(len(rows))
-        subset = "all rows" + (" (no Usage column)" if split is None else "")
-    else:
-        present = sorted({r[split] for r in rows})
-        if usage not in present:
-            raise ValueError(f"{path}: no row of Usage {usage!r}; the file has {', '.join(present)} (or 'all')")
-        chosen = [i for i, r in enumerate(rows) if r[split] == usage]
-        subset = f"Usage {usage}"
-    votes = _ferplus_labels(ferplus, len(rows)) if ferplus else None
-    out = CsvSet(subset=subset + (", FERPlus majority labels" if ferplus else ""))
-    name = Path(path).name
-    for i in chosen:
-        row, line = rows[i], i + 2  # the header is line 1
-        source = f"{name}:{line}"
-        if votes is not None:
-            label = votes[i]
-            if label not in FERPLUS_VOTES:
-                out.skipped[label] = out.skipped.get(label, 0) + 1
+        split = names.get("usage")
+        every = usage == "all" or split is None
+        out = CsvSet(subset=("all rows" + ("" if split else " (no Usage column)") if every else f"Usage {usage}")
+                     + (", FERPlus majority labels" if ferplus else ""))
+        present, rows = set(), 0
+        for i, row in enumerate(reader):
+            rows += 1
+            if not every:
+                present.add(row[split])
+                if row[split] != usage:
+                    continue
+            source = f"{name}:{i + 2}"  # its line: the header is line 1
+            if votes is not None:
+                label = votes[i] if i < len(votes) else "not in FERPlus (no row)"
+                if label not in FERPLUS_VOTES:
+                    out.skipped[label] = out.skipped.get(label, 0) + 1
+                    continue
+            else:
+                value = (row[names["emotion"]] or "").strip()
+                if not value.isdigit() or int(value) >= len(order):
+                    out.failed[source] = f"emotion {value!r} is not 0-{len(order) - 1} (FER2013's order)"
+                    continue
+                label = order[int(value)]
+            image, why = _face(row[names["pixels"]])
+            if image is None:
+                out.failed[source] = why
                 continue
-        else:
-            value = (row[names["emotion"]] or "").strip()
-            if not value.isdigit() or int(value) >= len(LABELS["fer2013"]):
-                out.failed[source] = f"emotion {value!r} is not 0-{len(LABELS['fer2013']) - 1} (FER2013's order)"
-                continue
-            label = LABELS["fer2013"][int(value)]
-        try:
-            pixels = np.array((row[names["pixels"]] or "").split(), dtype=np.int64)
-        except ValueError:
-            out.failed[source] = "pixels are not integers"
-            continue
-        if pixels.size != SIDE * SIDE:
-            out.failed[source] = f"expected {SIDE * SIDE} pixel values ({SIDE}×{SIDE}), got {pixels.size}"
-            continue
-        if pixels.min() < 0 or pixels.max() > 255:
-            out.failed[source] = "pixel values outside 0-255"
-            continue
-        grey = pixels.astype(np.uint8).reshape(SIDE, SIDE)
-        out.frames.append(Frame(source, np.repeat(grey[:, :, None], 3, axis=2)))  # as PIL's convert("RGB")
-        out.labels.append(label)
+            out.frames.append(Frame(source, image))
+            out.labels.append(label)
+    if not every and usage not in present:
+        raise ValueError(f"{path}: no row of Usage {usage!r}; the file has {', '.join(sorted(present))} (or 'all')")
+    if votes is not None and len(votes) != rows:
+        raise ValueError(f"{ferplus} has {len(votes)} rows and {path} {rows}: FERPlus's votes follow fer2013.csv "
+                         "row for row")
     return out

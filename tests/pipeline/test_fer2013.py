@@ -99,6 +99,10 @@ def test_fer2013_rows_that_cannot_be_read_are_named(tmp_path):
         fer2013.read(str(tmp_path / "test.csv"))
     with pytest.raises(ValueError, match="not a .csv file"):
         evaluate(torch.nn.Identity(), str(tmp_path), usage="PublicTest")
+    (tmp_path / "fer2013new.csv").write_text(f"Usage,Image name,{','.join(fer2013.FERPLUS_VOTES)}\n"
+                                             f"PublicTest,fer0000000.png,{','.join(['1'] * 10)}\n")
+    with pytest.raises(ValueError, match="has 1 rows and .* 6: FERPlus's votes follow fer2013.csv row for row"):
+        fer2013.read(str(path), "PublicTest", ferplus=str(tmp_path / "fer2013new.csv"))
 
 
 def test_evaluate_cli_says_what_is_wrong_with_the_set(tmp_path, capsys):
