@@ -36,7 +36,8 @@ _DONE: str | None = None  # the note, once applied or refused
 def _glibc():
     """glibc's libc when it is the process's malloc; else (None, why not)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return None, f"the C library is not glibc ({platform.system()} {' '.join(platform.libc_ver()) or 'unknown'})"
+        libc = " ".join(filter(None, platform.libc_ver())) or "an unnamed C library"
+        return None, f"malloc is not glibc's ({platform.system()}, {libc}): left as it is"
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     process = ctypes.CDLL(None)
     if ctypes.cast(process.malloc, ctypes.c_void_p).value != ctypes.cast(libc.malloc, ctypes.c_void_p).value:

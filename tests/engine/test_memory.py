@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from ferfuse.engine import optimize, report
+from ferfuse.engine import memory, optimize, report
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCK_FLOATS = 1 << 25  # 128 MB: over glibc's 32 MB mmap-threshold ceiling
@@ -82,3 +82,9 @@ def test_the_report_says_what_was_done_to_malloc():
     assert sum(n.startswith("memory: ") for n in rep.notes) == 1, rep.notes
     rep = report(optimize(_small_cpu_model(), example_inputs=torch.randn(2, 3, 16, 16), reuse_memory=False))
     assert not any(n.startswith("memory: ") for n in rep.notes), rep.notes
+
+
+def test_elsewhere_than_glibc_malloc_is_left_alone(monkeypatch):
+    monkeypatch.setattr(platform, "system", lambda: "Darwin")
+    monkeypatch.setattr(platform, "libc_ver", lambda *a, **k: ("", ""))
+    assert memory._apply() == "memory: malloc is not glibc's (Darwin, an unnamed C library): left as it is"
