@@ -4,7 +4,7 @@ torch's CPU allocator takes every tensor from malloc. glibc serves a block over 
 with fresh pages from mmap and unmaps it when it is freed; the threshold rises to the size of the
 blocks freed, but never past 32 MB (DEFAULT_MMAP_THRESHOLD_MAX). So every activation over 32 MB is
 faulted in and zeroed by the kernel page by page, on every call. DAN at batch 32, whose stem output
-alone is 103 MB, took 48,000-67,000 page faults a forward and 596-626 ms, against 408-427 ms with
+alone is 103 MB, took 48,500-66,800 page faults a forward and 590-626 ms, against 408-447 ms with
 the blocks kept on the heap; MHAN at batch 32 439 ms against 294 (2-core Zen 4, AVX-512). ONNX
 Runtime plans its intermediates into an arena and pays none of this. (The mobile blocks' own C
 intermediates live in scratch.py's per-thread buffers whatever malloc does.)
