@@ -15,6 +15,7 @@ import torch.nn as nn
 import ferfuse
 from ferfuse import models
 from ferfuse.engine.executors import use_executor
+from ferfuse.engine.verify import first_tensor
 from ferfuse.models import randomize_batchnorm
 from helpers import assert_close, efficientnet_stages, fp32_budget
 
@@ -42,10 +43,6 @@ def test_torch_export_of_an_optimised_cpu_model_says_what_to_do(gen):
         torch.export.export(model, (torch.randn(2, 3, 224, 224, generator=gen),))
 
 
-def _logits(out) -> torch.Tensor:
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
 @pytest.mark.parametrize("executor", [None, "ferfuse-c"])
 def test_torch_jit_trace_records_the_folded_graph(executor, gen):
     """A user's torch.jit.trace of an optimised model records standard aten ops on the folded
@@ -66,7 +63,7 @@ def test_torch_jit_trace_records_the_folded_graph(executor, gen):
         assert all(op.startswith(("aten::", "prim::")) for op in ops), sorted(ops)
         fresh = torch.randn(3, 3, size, size, generator=gen)
         with torch.no_grad():
-            got, fp32, expected = (_logits(m(t)) for m, t in
+            got, fp32, expected = (first_tensor(m(t)) for m, t in
                                    [(traced, fresh), (original, fresh), (reference, fresh.double())])
         assert_close(got, expected, fp32_budget(fp32, expected), f"{type(original).__name__} traced")
 
