@@ -33,13 +33,23 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def _cpu_signature() -> str:
-    # -march=native code is only valid on CPUs with the same instruction sets
+def _flags_line() -> str | None:
+    """/proc/cpuinfo's first `flags` line, or None where there is none to read."""
     try:
         with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith("flags")), platform.processor())
+            return next((line for line in f if line.startswith("flags")), None)
     except OSError:
-        return platform.processor() + platform.machine()
+        return None
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's instruction-set flags (avx2, avx512f, ...); empty where they cannot be read."""
+    return set((_flags_line() or "").split())
+
+
+def _cpu_signature() -> str:
+    # -march=native code is only valid on CPUs with the same instruction sets
+    return _flags_line() or platform.processor() + platform.machine()
 
 
 def _with_local_includes(source: Path, seen: set | None = None) -> bytes:

@@ -14,19 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from ferfuse.engine import native
+
 ROOT = Path(__file__).resolve().parents[2]
 # the suites that run the C libraries' kernels against float64 (pointwise.c, winograd.c,
 # depthwise.c, and mobile.c through the MBConv blocks)
 SUITES = ["tests/engine/test_pointwise.py", "tests/engine/test_winograd.py", "tests/engine/test_depthwise.py"]
 LIBRARIES = {"pointwise", "winograd", "depthwise", "mobile"}
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return set(next((line for line in f if line.startswith("flags")), "").split())
-    except OSError:
-        return set()
 
 
 # -march -> (the CPU flag without which it is what -march=native builds already, the register
@@ -39,7 +33,7 @@ BUILDS = {"x86-64-v3": ("avx512f", "%zmm"), "x86-64": ("avx2", "%ymm")}
 @pytest.mark.parametrize("march", list(BUILDS))
 def test_c_kernels_built_for_another_isa(march, tmp_path):
     wider, register = BUILDS[march]
-    if wider not in _cpu_flags():
+    if wider not in native.cpu_flags():
         pytest.skip(f"this CPU has no {wider}: -march=native builds the {march} path, which the suites ran")
     env = dict(os.environ, FERFUSE_MARCH=march, FERFUSE_CACHE=str(tmp_path))
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *SUITES],
